@@ -1,0 +1,62 @@
+"""The one console script, ``civitai-mirror``: a click group that mounts every package's commands.
+
+Commands are loaded lazily (``name -> "module:function"``) so ``civitai-mirror --help`` and a
+crawl never pay for importing Datasette or Pillow.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from crawler import __version__
+
+# Command name -> "module:attribute". Each package's cli.py owns its commands.
+COMMANDS: dict[str, str] = {
+    # crawler
+    "crawl": "crawler.cli:crawl",
+    "get": "crawler.cli:get",
+    # mirror
+    "build": "mirror.cli:build",
+    "lookup": "mirror.cli:lookup",
+    "serve": "mirror.cli:serve",
+    # matcher
+    "scan": "matcher.cli:scan",
+    "hash": "matcher.cli:hash_files",
+    "dfsn": "matcher.cli:dfsn",
+    "extract": "matcher.cli:extract",
+    "inspect": "matcher.cli:inspect",
+    "match": "matcher.cli:match",
+    "pin": "matcher.cli:pin",
+    "unpin": "matcher.cli:unpin",
+    "sort": "matcher.cli:sort",
+    "undo": "matcher.cli:undo",
+    "runs": "matcher.cli:runs",
+    "legacy": "matcher.cli:legacy",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported only when they are used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module_name, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="civitai-mirror")
+def cli() -> None:
+    """Crawl Civitai, mirror it offline, and match your local collection against it.
+
+    \b
+    Example:
+        civitai-mirror crawl --start 1 --end 5000 -o civitai-meta
+        civitai-mirror build civitai-meta --db civitai.sqlite
+        civitai-mirror serve --db civitai.sqlite
+    """
