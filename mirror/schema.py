@@ -10,11 +10,12 @@ A schema is ``{table_name: spec}`` where spec is::
         "foreign_keys": [("model_id", "models", "id")],  # optional
         "indexes": [["sha256"], ["model_id", "position"]],  # optional; {"columns": [...], "unique": True} too
         "fts": ["name", "description"],  # optional: FTS5 over these columns
+        "fts_triggers": True,           # optional; False when the caller fills the index itself
     }
 
 ``apply_schema(db, SCHEMA)`` creates what is missing and adds missing columns and indexes to
 tables that exist: the migration path for ``library.sqlite``, which is never recreated.
-The civitai.sqlite tables are declared below in ``CIVITAI_SCHEMA`` (filled in by mirror.build).
+The civitai.sqlite tables are declared below in ``CIVITAI_SCHEMA`` (filled by mirror.build).
 """
 from __future__ import annotations
 
@@ -51,4 +52,121 @@ def apply_schema(db: sqlite_utils.Database, schema: dict[str, dict[str, Any]]) -
                 table.create_index(cols, unique=unique, if_not_exists=True)
         fts = spec.get("fts")
         if fts and not db.table(f"{name}_fts").exists():
-            table.enable_fts(fts, create_triggers=True)
+            table.enable_fts(fts, create_triggers=spec.get("fts_triggers", True))
+
+
+# ---- civitai.sqlite ----------------------------------------------------------
+# Core tables keep the community archive's column names and types (ComfyUI-Lora-Manager reads
+# models / model_versions / model_files / archived_model_files), then add Civitai's own field
+# names as extra columns for facets. Bookkeeping columns start with "_".
+CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
+    "creators": {
+        "columns": {"username": str, "image": str, "model_count": int},
+        "pk": "username",
+        "fts": ["username"],
+    },
+    "models": {
+        "columns": {
+            # community archive columns (created_at/updated_at: epoch seconds, first/last seen)
+            "id": int, "name": str, "type": str, "username": str, "data": str,
+            "created_at": int, "updated_at": int,
+            # Civitai's own fields
+            "description_text": str, "nsfw": int, "nsfwLevel": int, "poi": int, "minor": int,
+            "mode": str, "availability": str, "userId": int, "allowNoCredit": int,
+            "allowCommercialUse": str, "allowDerivatives": int, "allowDifferentLicense": int,
+            "downloadCount": int, "thumbsUpCount": int, "thumbsDownCount": int,
+            "commentCount": int, "favoriteCount": int, "ratingCount": int, "rating": float,
+            "tippedAmountCount": int, "tags": str, "baseModels": str, "version_count": int,
+            # bookkeeping
+            "_first_seen": str, "_last_seen": str, "_gone": int, "_partial": int,
+            "_snapshots": int, "_source_path": str,
+        },
+        "pk": "id",
+        "not_null": {"name", "type", "data", "created_at", "updated_at"},
+        "defaults": {"_gone": 0, "_partial": 0},
+        "foreign_keys": [("username", "creators", "username")],
+        "indexes": [["type"], ["username"], ["mode"], ["_gone"], ["_last_seen"]],
+        "fts": ["name", "description_text", "tags"],
+        "fts_triggers": False,
+    },
+    "model_versions": {
+        "columns": {
+            "id": int, "model_id": int, "position": int, "name": str, "base_model": str,
+            "published_at": int, "data": str, "created_at": int, "updated_at": int,
+            "baseModelType": str, "status": str, "publishedAt": str, "createdAt": str,
+            "nsfwLevel": int, "availability": str, "trainedWords": str, "downloadCount": int,
+            "thumbsUpCount": int, "thumbsDownCount": int, "downloadUrl": str,
+            "_archived": int, "_first_seen": str, "_last_seen": str,
+        },
+        "pk": "id",
+        "not_null": {"model_id", "position", "name", "base_model", "data", "created_at", "updated_at"},
+        "defaults": {"_archived": 0},
+        "foreign_keys": [("model_id", "models", "id")],
+        "indexes": [["model_id"], ["base_model"], ["published_at"]],
+    },
+    "model_files": {
+        "columns": {
+            "id": int, "model_id": int, "version_id": int, "type": str, "sha256": str,
+            "data": str, "created_at": int, "updated_at": int,
+            "name": str, "sizeKB": float, "primary": int, "format": str, "size": str, "fp": str,
+            "pickleScanResult": str, "virusScanResult": str, "downloadUrl": str,
+            "_archived": int,
+        },
+        "pk": "id",
+        "not_null": {"model_id", "version_id", "type", "data", "created_at", "updated_at"},
+        "defaults": {"_archived": 0},
+        "foreign_keys": [("model_id", "models", "id"), ("version_id", "model_versions", "id")],
+        "indexes": [["model_id"], ["version_id"], ["sha256"], ["name"]],
+    },
+    "archived_model_files": {
+        "columns": {"file_id": int, "model_id": int, "version_id": int},
+        "pk": "file_id",
+    },
+    "file_hashes": {
+        "columns": {"hash": str, "type": str, "file_id": int, "version_id": int, "model_id": int},
+        "pk": ("file_id", "type"),
+        "foreign_keys": [("file_id", "model_files", "id"), ("version_id", "model_versions", "id"),
+                         ("model_id", "models", "id")],
+        "indexes": [["hash"]],
+    },
+    "images": {
+        "columns": {
+            "id": int, "version_id": int, "model_id": int, "position": int, "url": str,
+            "width": int, "height": int, "nsfwLevel": int, "nsfw": str, "hash": str, "type": str,
+            "hasMeta": int, "meta": str, "local_path": str,
+        },
+        "pk": "id",
+        "foreign_keys": [("version_id", "model_versions", "id"), ("model_id", "models", "id")],
+        "indexes": [["version_id"], ["model_id"]],
+    },
+    "tags": {
+        "columns": {"id": int, "name": str},
+        "pk": "id",
+        "indexes": [{"columns": ["name"], "unique": True}],
+        "fts": ["name"],
+    },
+    "models_tags": {
+        "columns": {"models_id": int, "tags_id": int},
+        "pk": ("models_id", "tags_id"),
+        "foreign_keys": [("models_id", "models", "id"), ("tags_id", "tags", "id")],
+        "indexes": [["tags_id"]],
+    },
+    "model_snapshots": {
+        "columns": {
+            "model_id": int, "sha": str, "fetched_at": str, "kind": str, "mode": str,
+            "version_count": int, "file_count": int, "path": str, "data": str,
+        },
+        "pk": ("model_id", "sha"),
+        "indexes": [["fetched_at"]],
+    },
+    # bookkeeping: one row per dump file read (incremental builds compare size and mtime)
+    "_sources": {
+        "columns": {"path": str, "size": int, "mtime_ns": int, "kind": str, "model_ids": str,
+                    "error": str},
+        "pk": "path",
+    },
+    "_build_info": {
+        "columns": {"key": str, "value": str},
+        "pk": "key",
+    },
+}

@@ -1,0 +1,723 @@
+"""Build civitai.sqlite from the crawler's dump folder.
+
+The dump (see notes in crawler/) holds ``DIR/12340000/12345678.json`` model answers and
+never-clobber side files ``DIR/12340000/12345678.<UTC>.json``. Every distinct answer becomes a row in
+``model_snapshots``; the other tables are derived from a model's snapshots by ``derive_model``
+(a pure function): the newest full answer gives the model row, and every version, file, hash and
+image seen in any snapshot stays in the database (``_archived`` = 1 when the newest answer no longer
+lists it), so a file stays findable by hash after its model is Archived.
+
+Documents found in a dump are classified by ``parse_document``:
+
+* a model (``GET /models/{id}``, or one list item): a ``model`` snapshot;
+* a list page (``{"items": [...]}``) or a JSON array: one snapshot per model inside;
+* a model version (``GET /model-versions/{id}`` / by-hash): a ``version`` snapshot of its model. It
+  fills that version's rows (with image ``meta``) but never replaces what a full model answer says;
+  a model known only from version answers gets a row with ``_partial`` = 1;
+* an error answer (``{"error": "No model with id N"}``) saved beside a good copy: a ``notfound``
+  snapshot, which marks the model as gone upstream (``_gone`` = 1) when it is the newest;
+* anything else (enums, other sites' shapes) is skipped and counted; broken JSON is reported with
+  its path and skipped.
+
+Incremental by default: ``_sources`` remembers each file's size and mtime, so a second build only
+reads new or changed files and re-derives the models they touch. ``full=True`` rebuilds into a
+temporary file and swaps it in with ``os.replace``.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import os
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+import sqlite_utils
+
+from mirror.schema import CIVITAI_SCHEMA, apply_schema
+
+log = logging.getLogger(__name__)
+
+HASH_TYPES = ("AutoV1", "AutoV2", "AutoV3", "SHA256", "CRC32", "BLAKE3")
+_HASH_CANON = {t.lower(): t for t in HASH_TYPES}
+SIDE_FILE = re.compile(r"^(\d+)\.(\d{8}T\d{6}Z)\.json$")
+MAIN_FILE = re.compile(r"^(\d+)\.json$")
+IMAGE_FILE = re.compile(r"^(\d+)\.[A-Za-z0-9]+$")
+_TAG_RE = re.compile(r"<[^>]+>")
+_IMAGE_ID_IN_URL = re.compile(r"/(\d+)\.[A-Za-z0-9]+(?:\?.*)?$")
+CHUNK_FILES = 1000
+
+
+@dataclass
+class Snapshot:
+    model_id: int
+    kind: str  # model | version | notfound
+    fetched_at: str
+    path: str
+    sha: str
+    text: str
+    data: Any = None  # parsed dict (None for notfound)
+
+
+@dataclass
+class BuildSummary:
+    files_read: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    snapshots_new: int = 0
+    models: int = 0
+    versions: int = 0
+    files: int = 0
+    hashes: int = 0
+    images: int = 0
+    local_images: int = 0
+    models_rebuilt: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["errors"] = [{"path": p, "error": e} for p, e in self.errors]
+        return d
+
+
+# ---- small pure helpers -----------------------------------------------------------------------
+
+def utc_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def side_stamp_to_iso(stamp: str) -> str:
+    """``20261122T010203Z`` -> ``2026-11-22T01:02:03Z``."""
+    return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}Z"
+
+
+def iso_to_epoch(value: Any) -> int | None:
+    if not value or not isinstance(value, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+def _epoch(iso: str) -> int:
+    return iso_to_epoch(iso) or 0
+
+
+def normalize_commercial_use(value: Any) -> list[str]:
+    """Every generation's ``allowCommercialUse`` as a list: "Sell", "{Image,Rent}", [..], None."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{") and text.endswith("}"):
+            return [part.strip().strip('"') for part in text[1:-1].split(",") if part.strip()]
+        return [text] if text and text != "None" else []
+    return [str(value)]
+
+
+def html_to_text(value: Any) -> str | None:
+    if not value or not isinstance(value, str):
+        return None
+    return html.unescape(_TAG_RE.sub(" ", value)).strip() or None
+
+
+def image_id_of(image: dict) -> int | None:
+    if isinstance(image.get("id"), int):
+        return image["id"]
+    match = _IMAGE_ID_IN_URL.search(image.get("url") or "")
+    return int(match.group(1)) if match else None
+
+
+def _bool(value: Any) -> int | None:
+    if value is None:
+        return None
+    return 1 if value else 0
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    return None
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _stat(stats: Any, key: str) -> Any:
+    return stats.get(key) if isinstance(stats, dict) else None
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _is_model(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("id"), int) and isinstance(
+        doc.get("modelVersions"), list)
+
+
+def _is_version(doc: Any) -> bool:
+    return (isinstance(doc, dict) and isinstance(doc.get("id"), int)
+            and isinstance(doc.get("modelId"), int)
+            and ("files" in doc or isinstance(doc.get("model"), dict)))
+
+
+# ---- reading the dump -------------------------------------------------------------------------
+
+def iter_dump_files(dump: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every ``*.json`` under the dump except the images archive, as (relative path, stat)."""
+    stack = [dump]
+    found: list[tuple[str, os.stat_result]] = []
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:  # unreadable folder: report, go on
+            log.warning("cannot read %s: %s", folder, exc)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if folder == dump and entry.name == "images":
+                    continue
+                stack.append(Path(entry.path))
+            elif entry.name.endswith(".json") and entry.is_file():
+                found.append((os.path.relpath(entry.path, dump), entry.stat()))
+    found.sort(key=lambda item: item[0])
+    yield from found
+
+
+def parse_document(raw: bytes, rel_path: str, mtime: float) -> tuple[list[Snapshot], str | None]:
+    """Bytes of one dump file -> (snapshots, skip reason). Raises ValueError on broken JSON."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"broken JSON: {exc}") from None
+    name = os.path.basename(rel_path)
+    side = SIDE_FILE.match(name)
+    main = MAIN_FILE.match(name)
+    fetched_at = side_stamp_to_iso(side.group(2)) if side else utc_iso(mtime)
+    name_id = int((side or main).group(1)) if (side or main) else None
+    whole_sha = hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+    if _is_model(doc):
+        return [Snapshot(doc["id"], "model", fetched_at, rel_path, whole_sha, raw.decode(), doc)], None
+    if _is_version(doc):
+        return [Snapshot(doc["modelId"], "version", fetched_at, rel_path, whole_sha, raw.decode(),
+                         doc)], None
+    items = doc.get("items") if isinstance(doc, dict) else doc if isinstance(doc, list) else None
+    if isinstance(items, list):
+        snaps = []
+        for item in items:
+            if _is_model(item) or _is_version(item):
+                text = orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
+                sha = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+                kind = "model" if _is_model(item) else "version"
+                model_id = item["id"] if kind == "model" else item["modelId"]
+                snaps.append(Snapshot(model_id, kind, fetched_at, rel_path, sha, text, item))
+        if snaps:
+            return snaps, None
+        return [], "a list without Civitai models or versions"
+    if isinstance(doc, dict) and "error" in doc and name_id is not None and len(doc) <= 3:
+        return [Snapshot(name_id, "notfound", fetched_at, rel_path, whole_sha, raw.decode())], None
+    return [], "not a Civitai model, model version or list page"
+
+
+# ---- deriving rows from a model's snapshots (pure) --------------------------------------------
+
+@dataclass
+class ModelRows:
+    model: dict
+    versions: list[dict]
+    files: list[dict]
+    hashes: list[tuple]
+    images: list[dict]
+    tags: list[str]
+    creator: dict | None
+
+
+def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | None:
+    """All rows of one model from every snapshot the dump holds of it (None: nothing usable)."""
+    snaps = sorted(snapshots, key=lambda s: (s.fetched_at, s.sha))
+    if not snaps:
+        return None
+    full = [s for s in snaps if s.kind == "model"]
+    partial = [s for s in snaps if s.kind == "version"]
+    if not full and not partial:
+        return None
+    first_seen, last_seen = snaps[0].fetched_at, snaps[-1].fetched_at
+    gone = 1 if snaps[-1].kind == "notfound" else 0
+
+    if full:
+        current = full[-1].data
+        current_path = full[-1].path
+    else:  # a model known only from version answers
+        newest = partial[-1].data
+        model_part = newest.get("model") or {}
+        current = {"id": model_id, **{k: v for k, v in model_part.items()},
+                   "modelVersions": []}
+        seen: dict[int, dict] = {}
+        for snap in partial:
+            seen[snap.data["id"]] = {k: v for k, v in snap.data.items() if k != "model"}
+        current["modelVersions"] = sorted(seen.values(), key=lambda v: v["id"], reverse=True)
+        if newest.get("creator") and not current.get("creator"):
+            current["creator"] = newest["creator"]
+        current_path = partial[-1].path
+
+    # Merge order: version answers first, then full answers, each oldest first; later wins.
+    versions: dict[int, tuple[dict, int, str, str]] = {}  # id -> (data, position, first, last)
+    files: dict[int, tuple[dict, int]] = {}
+    images: dict[int, tuple[dict, int, int]] = {}
+    for snap in partial + full:
+        version_list = [snap.data] if snap.kind == "version" else snap.data.get("modelVersions") or []
+        for position, version in enumerate(version_list):
+            if not isinstance(version, dict) or not isinstance(version.get("id"), int):
+                continue
+            vid = version["id"]
+            previous = versions.get(vid)
+            if snap.kind == "version":
+                if previous is not None:
+                    position = previous[1]
+                else:
+                    position = version.get("index") if isinstance(version.get("index"), int) else 0
+            else:
+                position = version.get("index") if isinstance(version.get("index"), int) else position
+            first = previous[2] if previous else snap.fetched_at
+            if snap.kind == "version" or previous is None or not (
+                    previous[0].get("images") and not version.get("images")):
+                merged = version
+            else:  # keep the images an earlier answer had (TakenDown answers drop them)
+                merged = {**version, "images": previous[0]["images"]}
+            if snap.kind == "model" and previous is not None and "model" in previous[0]:
+                # a full answer's version lacks meta on images; keep the richer version answer
+                merged = {**previous[0], **{k: v for k, v in version.items() if k != "images"}}
+            versions[vid] = (merged, position, first, snap.fetched_at)
+            for file in version.get("files") or []:
+                if isinstance(file, dict) and isinstance(file.get("id"), int):
+                    files[file["id"]] = (file, vid)
+            for image_position, image in enumerate(version.get("images") or []):
+                if isinstance(image, dict):
+                    iid = image_id_of(image)
+                    if iid is not None:
+                        old = images.get(iid)
+                        if old is not None and old[0].get("meta") and not image.get("meta"):
+                            image = {**image, "meta": old[0]["meta"]}
+                        images[iid] = (image, vid, image_position)
+
+    current_versions = {v["id"] for v in current.get("modelVersions") or []
+                        if isinstance(v, dict) and isinstance(v.get("id"), int)}
+    current_files = {f["id"] for v in current.get("modelVersions") or [] if isinstance(v, dict)
+                     for f in v.get("files") or [] if isinstance(f, dict) and "id" in f}
+    if not full:  # partial: every seen version counts as current
+        current_versions = set(versions)
+        current_files = set(files)
+
+    stats = current.get("stats")
+    creator = current.get("creator") if isinstance(current.get("creator"), dict) else None
+    username = creator.get("username") if creator else None
+    tags = [t if isinstance(t, str) else t.get("name") for t in current.get("tags") or []
+            if isinstance(t, (str, dict))]
+    tags = [t for t in dict.fromkeys(tags) if t]
+    base_models = current.get("baseModels")
+    if not isinstance(base_models, list):
+        base_models = list(dict.fromkeys(
+            v[0].get("baseModel") for v in sorted(versions.values(), key=lambda x: x[1])
+            if v[0].get("baseModel")))
+    model_data = {k: v for k, v in current.items() if k != "modelVersions"}
+    model = {
+        "id": model_id,
+        "name": current.get("name") or "",
+        "type": current.get("type") or "",
+        "username": username,
+        "data": _dumps(model_data),
+        "created_at": _epoch(first_seen),
+        "updated_at": _epoch(last_seen),
+        "description_text": html_to_text(current.get("description")),
+        "nsfw": _bool(current.get("nsfw")),
+        "nsfwLevel": _int(current.get("nsfwLevel")),
+        "poi": _bool(current.get("poi")),
+        "minor": _bool(current.get("minor")),
+        "mode": current.get("mode"),
+        "availability": current.get("availability"),
+        "userId": _int(current.get("userId")),
+        "allowNoCredit": _bool(current.get("allowNoCredit")),
+        "allowCommercialUse": _dumps(normalize_commercial_use(current.get("allowCommercialUse"))),
+        "allowDerivatives": _bool(current.get("allowDerivatives")),
+        "allowDifferentLicense": _bool(current.get("allowDifferentLicense")),
+        "downloadCount": _int(_stat(stats, "downloadCount")),
+        "thumbsUpCount": _int(_stat(stats, "thumbsUpCount")),
+        "thumbsDownCount": _int(_stat(stats, "thumbsDownCount")),
+        "commentCount": _int(_stat(stats, "commentCount")),
+        "favoriteCount": _int(_stat(stats, "favoriteCount")),
+        "ratingCount": _int(_stat(stats, "ratingCount")),
+        "rating": _num(_stat(stats, "rating")),
+        "tippedAmountCount": _int(_stat(stats, "tippedAmountCount")),
+        "tags": _dumps(tags),
+        "baseModels": _dumps(base_models),
+        "version_count": len(current_versions),
+        "_first_seen": first_seen,
+        "_last_seen": last_seen,
+        "_gone": gone,
+        "_partial": 0 if full else 1,
+        "_snapshots": len(snaps),
+        "_source_path": current_path,
+    }
+    version_rows = []
+    for vid, (version, position, v_first, v_last) in versions.items():
+        vstats = version.get("stats")
+        version_rows.append({
+            "id": vid, "model_id": model_id, "position": position,
+            "name": version.get("name") or "", "base_model": version.get("baseModel") or "",
+            "published_at": iso_to_epoch(version.get("publishedAt")),
+            "data": _dumps(version),
+            "created_at": _epoch(v_first), "updated_at": _epoch(v_last),
+            "baseModelType": version.get("baseModelType"), "status": version.get("status"),
+            "publishedAt": version.get("publishedAt"), "createdAt": version.get("createdAt"),
+            "nsfwLevel": _int(version.get("nsfwLevel")),
+            "availability": version.get("availability"),
+            "trainedWords": _dumps(version.get("trainedWords") or []),
+            "downloadCount": _int(_stat(vstats, "downloadCount")),
+            "thumbsUpCount": _int(_stat(vstats, "thumbsUpCount")),
+            "thumbsDownCount": _int(_stat(vstats, "thumbsDownCount")),
+            "downloadUrl": version.get("downloadUrl"),
+            "_archived": 0 if vid in current_versions else 1,
+            "_first_seen": v_first, "_last_seen": v_last,
+        })
+    file_rows, hash_rows = [], []
+    for fid, (file, vid) in files.items():
+        hashes = file.get("hashes") if isinstance(file.get("hashes"), dict) else {}
+        canon = {}
+        for key, value in hashes.items():
+            t = _HASH_CANON.get(str(key).lower())
+            if t and isinstance(value, str) and value.strip():
+                canon[t] = value.strip().upper()
+        meta = file.get("metadata") if isinstance(file.get("metadata"), dict) else {}
+        file_rows.append({
+            "id": fid, "model_id": model_id, "version_id": vid, "type": file.get("type") or "",
+            "sha256": canon.get("SHA256"), "data": _dumps(file),
+            "created_at": model["created_at"], "updated_at": model["updated_at"],
+            "name": file.get("name"), "sizeKB": _num(file.get("sizeKB")),
+            "primary": _bool(file.get("primary")), "format": meta.get("format"),
+            "size": meta.get("size"), "fp": meta.get("fp"),
+            "pickleScanResult": file.get("pickleScanResult"),
+            "virusScanResult": file.get("virusScanResult"),
+            "downloadUrl": file.get("downloadUrl"),
+            "_archived": 0 if fid in current_files else 1,
+        })
+        for t, value in canon.items():
+            hash_rows.append((value, t, fid, vid, model_id))
+    image_rows = []
+    for iid, (image, vid, position) in images.items():
+        nsfw = image.get("nsfw")
+        nsfw_level = image.get("nsfwLevel")
+        image_rows.append({
+            "id": iid, "version_id": vid, "model_id": model_id, "position": position,
+            "url": image.get("url"), "width": _int(image.get("width")),
+            "height": _int(image.get("height")),
+            "nsfwLevel": _int(nsfw_level),
+            "nsfw": (str(nsfw) if nsfw is not None else
+                     nsfw_level if isinstance(nsfw_level, str) else None),
+            "hash": image.get("hash"), "type": image.get("type"),
+            "hasMeta": _bool(image.get("hasMeta") if "hasMeta" in image else
+                             (bool(image.get("meta")) if "meta" in image else None)),
+            "meta": _dumps(image["meta"]) if image.get("meta") else None,
+            "local_path": None,
+        })
+    creator_row = None
+    if username:
+        creator_row = {"username": username, "image": creator.get("image")}
+    return ModelRows(model, version_rows, file_rows, hash_rows, image_rows, tags, creator_row)
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+def _insert_sql(table: str, columns: list[str], verb: str = "INSERT OR REPLACE") -> str:
+    cols = ", ".join(f'"{c}"' for c in columns)
+    marks = ", ".join("?" for _ in columns)
+    return f'{verb} INTO "{table}" ({cols}) VALUES ({marks})'
+
+
+_COLS = {name: list(spec["columns"]) for name, spec in CIVITAI_SCHEMA.items()}
+_SQL = {name: _insert_sql(name, cols) for name, cols in _COLS.items()}
+_CHILD_TABLES = ("model_versions", "model_files", "file_hashes", "images", "archived_model_files")
+
+
+class _Writer:
+    """Holds the open connection, the tag ids and the summary while a build runs."""
+
+    def __init__(self, conn: sqlite3.Connection, summary: BuildSummary, fresh: bool):
+        self.conn = conn
+        self.summary = summary
+        self.fresh = fresh
+        self.tag_ids = {name: tid for tid, name in conn.execute("SELECT id, name FROM tags")}
+        self.next_tag = max(self.tag_ids.values(), default=0) + 1
+
+    def insert_snapshots(self, snaps: list[Snapshot]) -> None:
+        before = self.conn.total_changes
+        self.conn.executemany(
+            _insert_sql("model_snapshots", _COLS["model_snapshots"], "INSERT OR IGNORE"),
+            [(s.model_id, s.sha, s.fetched_at, s.kind,
+              (s.data or {}).get("mode") if s.kind == "model" else None,
+              len(s.data.get("modelVersions") or []) if s.kind == "model" else
+              (1 if s.kind == "version" else 0),
+              _file_count(s), s.path, s.text) for s in snaps])
+        self.summary.snapshots_new += self.conn.total_changes - before
+
+    def write_models(self, model_ids: list[int], rows: list[ModelRows], clean: bool) -> None:
+        """Write derived rows; ``clean`` first removes what these models had (re-derivation)."""
+        conn = self.conn
+        if clean and model_ids:
+            for start in range(0, len(model_ids), 500):
+                ids = model_ids[start:start + 500]
+                marks = ",".join("?" * len(ids))
+                if not self.fresh:  # a fresh build fills models_fts once at the end
+                    conn.execute(
+                        "INSERT INTO models_fts(models_fts, rowid, name, description_text, tags) "
+                        "SELECT 'delete', rowid, name, description_text, tags FROM models "
+                        f"WHERE id IN ({marks})", ids)
+                for table in _CHILD_TABLES:
+                    conn.execute(f'DELETE FROM "{table}" WHERE model_id IN ({marks})', ids)
+                conn.execute(f"DELETE FROM models_tags WHERE models_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM models WHERE id IN ({marks})", ids)
+        creators = {}
+        model_tags = []
+        for r in rows:
+            if r.creator:
+                creators[r.creator["username"]] = r.creator
+            for tag in r.tags:
+                tid = self.tag_ids.get(tag)
+                if tid is None:
+                    tid = self.tag_ids[tag] = self.next_tag
+                    self.next_tag += 1
+                    conn.execute("INSERT INTO tags (id, name) VALUES (?, ?)", (tid, tag))
+                model_tags.append((r.model["id"], tid))
+        if creators:
+            conn.executemany(
+                "INSERT INTO creators (username, image) VALUES (?, ?) ON CONFLICT(username) "
+                "DO UPDATE SET image = coalesce(excluded.image, creators.image)",
+                [(c["username"], c["image"]) for c in creators.values()])
+        for table, getter in (("models", lambda r: [r.model]), ("model_versions", lambda r: r.versions),
+                              ("model_files", lambda r: r.files), ("images", lambda r: r.images)):
+            cols = _COLS[table]
+            conn.executemany(_SQL[table], [tuple(row[c] for c in cols)
+                                           for r in rows for row in getter(r)])
+        conn.executemany(_SQL["file_hashes"], [h for r in rows for h in r.hashes])
+        conn.executemany(_SQL["archived_model_files"],
+                         [(f["id"], f["model_id"], f["version_id"]) for r in rows for f in r.files
+                          if f["_archived"]])
+        conn.executemany("INSERT OR IGNORE INTO models_tags (models_id, tags_id) VALUES (?, ?)",
+                         model_tags)
+        if not self.fresh and rows:
+            ids = [r.model["id"] for r in rows]
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                conn.execute(
+                    "INSERT INTO models_fts(rowid, name, description_text, tags) SELECT rowid, "
+                    f"name, description_text, tags FROM models WHERE id IN ({','.join('?' * len(part))})",
+                    part)
+        self.summary.models_rebuilt += len(rows)
+
+    def load_snapshots(self, model_ids: list[int]) -> dict[int, list[Snapshot]]:
+        out: dict[int, list[Snapshot]] = {}
+        for start in range(0, len(model_ids), 500):
+            ids = model_ids[start:start + 500]
+            for model_id, sha, fetched_at, kind, path, text in self.conn.execute(
+                    "SELECT model_id, sha, fetched_at, kind, path, data FROM model_snapshots "
+                    f"WHERE model_id IN ({','.join('?' * len(ids))})", ids):
+                data = orjson.loads(text) if kind != "notfound" else None
+                out.setdefault(model_id, []).append(
+                    Snapshot(model_id, kind, fetched_at, path, sha, text, data))
+        return out
+
+
+def _file_count(s: Snapshot) -> int:
+    if s.kind == "model":
+        return sum(len(v.get("files") or []) for v in s.data.get("modelVersions") or []
+                   if isinstance(v, dict))
+    if s.kind == "version":
+        return len(s.data.get("files") or [])
+    return 0
+
+
+def link_local_images(conn: sqlite3.Connection, dump: Path) -> int:
+    """Point ``images.local_path`` at files under ``DUMP/images/<block>/<image id>.<ext>``."""
+    root = dump / "images"
+    if not root.is_dir():
+        return 0
+    pairs = []
+    for block in sorted(os.scandir(root), key=lambda e: e.name):
+        if not block.is_dir():
+            continue
+        for entry in os.scandir(block.path):
+            match = IMAGE_FILE.match(entry.name)
+            if match and entry.is_file() and not entry.name.endswith(".part"):
+                pairs.append((f"images/{block.name}/{entry.name}", int(match.group(1))))
+    conn.execute("UPDATE images SET local_path = NULL WHERE local_path IS NOT NULL")
+    conn.executemany("UPDATE images SET local_path = ? WHERE id = ?", pairs)
+    return conn.execute("SELECT count(*) FROM images WHERE local_path IS NOT NULL").fetchone()[0]
+
+
+def open_civitai(path: str | Path) -> sqlite_utils.Database:
+    db = sqlite_utils.Database(str(path))
+    apply_schema(db, CIVITAI_SCHEMA)
+    return db
+
+
+def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> BuildSummary:
+    """Read the dump into civitai.sqlite; returns counts. ``progress(done, total)`` per file."""
+    dump = Path(dump)
+    db_path = Path(db_path)
+    if not dump.is_dir():
+        raise FileNotFoundError(f"dump folder not found: {dump}")
+    summary = BuildSummary()
+    fresh = full or not db_path.exists()
+    target = db_path.with_name(db_path.name + ".tmp") if fresh else db_path
+    if fresh and target.exists():
+        target.unlink()  # our own leftover from an interrupted build
+    db = sqlite_utils.Database(str(target))
+    if fresh:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+    apply_schema(db, CIVITAI_SCHEMA)
+    conn = db.conn
+    try:
+        _run_build(conn, dump, summary, fresh, progress)
+        if fresh:
+            conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+        conn.execute("UPDATE creators SET model_count = "
+                     "(SELECT count(*) FROM models WHERE models.username = creators.username)")
+        summary.local_images = link_local_images(conn, dump)
+        conn.executemany("INSERT OR REPLACE INTO _build_info (key, value) VALUES (?, ?)", [
+            ("dump_dir", str(dump.resolve())), ("built_at", utc_iso(datetime.now().timestamp())),
+        ])
+        conn.commit()
+        for table, attr in (("models", "models"), ("model_versions", "versions"),
+                            ("model_files", "files"), ("file_hashes", "hashes"),
+                            ("images", "images")):
+            setattr(summary, attr, conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
+        if fresh:
+            conn.execute("ANALYZE")
+            conn.commit()
+    finally:
+        db.close()
+    if fresh:
+        os.replace(target, db_path)
+    return summary
+
+
+def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fresh: bool,
+               progress: Callable[[int, int], None] | None) -> None:
+    known_sources = {path: (size, mtime_ns) for path, size, mtime_ns in
+                     conn.execute("SELECT path, size, mtime_ns FROM _sources")}
+    known_models = {row[0] for row in conn.execute("SELECT DISTINCT model_id FROM model_snapshots")}
+    on_disk = list(iter_dump_files(dump))
+    disk_paths = {rel for rel, _ in on_disk}
+    writer = _Writer(conn, summary, fresh)
+    deferred: set[int] = set()
+
+    # Files gone from the dump: drop their snapshots, re-read files that share their models.
+    removed = [p for p in known_sources if p not in disk_paths]
+    reread: set[str] = set()
+    if removed:
+        summary.files_removed = len(removed)
+        for path in removed:
+            ids = [r[0] for r in conn.execute(
+                "SELECT value FROM _sources, json_each(_sources.model_ids) WHERE path = ?", (path,))]
+            conn.execute("DELETE FROM model_snapshots WHERE path = ?", (path,))
+            conn.execute("DELETE FROM _sources WHERE path = ?", (path,))
+            deferred.update(ids)
+            if ids:
+                marks = ",".join("?" * len(ids))
+                reread.update(r[0] for r in conn.execute(
+                    "SELECT DISTINCT path FROM _sources, json_each(_sources.model_ids) "
+                    f"WHERE value IN ({marks})", ids))
+
+    todo = [(rel, st) for rel, st in on_disk
+            if rel in reread or known_sources.get(rel) != (st.st_size, st.st_mtime_ns)]
+    summary.files_unchanged = len(on_disk) - len(todo)
+    total = len(todo)
+    seen_this_build: set[int] = set()
+    chunk: list[tuple[str, os.stat_result]] = []
+
+    def flush() -> None:
+        pending: dict[int, list[Snapshot]] = {}
+        all_snaps: list[Snapshot] = []
+        sources = []
+        for rel, st in chunk:
+            try:
+                with open(dump / rel, "rb") as fh:
+                    raw = fh.read()
+                snaps, skip = parse_document(raw, rel, st.st_mtime)
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                summary.errors.append((rel, str(exc)))
+                log.warning("%s: %s (skipped)", dump / rel, exc)
+                sources.append((rel, st.st_size, st.st_mtime_ns, "error", "[]", str(exc)))
+                continue
+            summary.files_read += 1
+            if skip:
+                summary.skipped += 1
+                log.info("%s: %s (skipped)", rel, skip)
+            ids = sorted({s.model_id for s in snaps})
+            kind = "skipped" if skip else (snaps[0].kind if len(snaps) == 1 else "list")
+            sources.append((rel, st.st_size, st.st_mtime_ns, kind, _dumps(ids), skip))
+            for s in snaps:
+                pending.setdefault(s.model_id, []).append(s)
+            all_snaps.extend(snaps)
+        writer.insert_snapshots(all_snaps)
+        conn.executemany(_SQL["_sources"], sources)
+        now_ids, now_rows = [], []
+        for model_id, snaps in pending.items():
+            if model_id in known_models or model_id in seen_this_build or model_id in deferred:
+                deferred.add(model_id)
+                continue
+            # dedupe identical snapshots (main file and an identical side file)
+            unique = list({s.sha: s for s in snaps}.values())
+            rows = derive_model(model_id, unique)
+            now_ids.append(model_id)
+            if rows is not None:
+                now_rows.append(rows)
+        seen_this_build.update(pending)
+        writer.write_models(now_ids, now_rows, clean=False)
+        conn.commit()
+
+    done = 0
+    previous_id = None
+    for rel, st in todo:
+        stem = os.path.basename(rel).split(".", 1)[0]
+        if len(chunk) >= CHUNK_FILES and stem != previous_id:
+            flush()
+            done += len(chunk)
+            chunk = []
+            if progress:
+                progress(done, total)
+        chunk.append((rel, st))
+        previous_id = stem
+    if chunk:
+        flush()
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+
+    ids = sorted(deferred)
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        loaded = writer.load_snapshots(part)
+        rows = [r for r in (derive_model(mid, loaded.get(mid, [])) for mid in part) if r is not None]
+        writer.write_models(part, rows, clean=True)
+        conn.commit()
