@@ -13,16 +13,121 @@ import sqlite_utils
 from mirror.schema import apply_schema
 
 # ---- scan (files, hashes, model info) ----------------------------------------
-SCAN_TABLES: dict[str, dict[str, Any]] = {}
+SCAN_TABLES: dict[str, dict[str, Any]] = {
+    # One row per file found under a scanned root. Hashes are upper-case hex (Civitai's form) or
+    # NULL: all of them for models, sha256 only for media, none for sidecars/other. `fingerprint`
+    # (size + sampled head/middle/tail) and (device, inode) let a moved file keep its hashes.
+    "files": {
+        "columns": {
+            "id": int, "path": str, "root": str, "size": int, "mtime_ns": int, "device": int, "inode": int,
+            "kind": str, "format": str,
+            "sha256": str, "autov1": str, "autov2": str, "autov3": str, "autov3_full": str, "crc32": str,
+            "blake3": str, "autov1_a1111": str, "sha256_source": str, "fingerprint": str,
+            "model_type": str, "base_model": str, "width": int, "height": int,
+            "error": str, "missing": int,
+            "_first_seen": str, "_last_seen": str, "_hashed_at": str,
+        },
+        "pk": "id",
+        "defaults": {"missing": 0},
+        "indexes": [
+            {"columns": ["path"], "unique": True},
+            ["device", "inode"], ["size", "fingerprint"], ["sha256"], ["autov2"], ["autov3"],
+            ["autov1"], ["crc32"], ["blake3"], ["kind"], ["root"],
+        ],
+    },
+    # Safetensors header facts per model file (raw __metadata__ JSON kept whole).
+    "model_info": {
+        "columns": {
+            "file_id": int, "tensor_count": int, "metadata_json": str,
+            "network_module": str, "network_dim": str, "network_alpha": str, "network_args": str,
+            "conv_dim": str, "conv_alpha": str, "algo": str, "dora_wd": str,
+            "output_name": str, "base_model_version": str, "sd_model_name": str, "training_comment": str,
+            "modelspec": str, "modelspec_architecture": str, "modelspec_title": str,
+            "tag_count": int, "top_tags": str,
+            "sshs_model_hash": str, "sshs_status": str, "facts": str,
+        },
+        "pk": "file_id",
+        "foreign_keys": [("file_id", "files", "id")],
+    },
+}
 
 # ---- media metadata (generations, lora_usages, resources, media info) --------
 MEDIA_TABLES: dict[str, dict[str, Any]] = {}
 
 # ---- match (matches, pins, model_enrichment) ---------------------------------
-MATCH_TABLES: dict[str, dict[str, Any]] = {}
+MATCH_TABLES: dict[str, dict[str, Any]] = {
+    # One row per local file (model or media): the Civitai version it resolves to.
+    # suggestions/alternates are JSON arrays; version_id is NULL unless a hash, a resource or a pin says so.
+    "matches": {
+        "columns": {
+            "file_id": int, "version_id": int, "model_id": int, "civitai_file_id": int,
+            "hash_type": str, "confidence": float, "reason": str,
+            "model_name": str, "version_name": str, "model_type": str, "base_model": str,
+            "pinned": int, "suggestions": str, "alternates": str, "civitai_image_id": int,
+            "_matched_at": str,
+        },
+        "pk": "file_id",
+        "defaults": {"pinned": 0},
+        "indexes": [["version_id"], ["model_id"]],
+    },
+    # One row per resources row (an image's checkpoint, LoRA, embedding, ...), resolved to a
+    # Civitai version and to the local model file that holds it.
+    "resource_matches": {
+        "columns": {
+            "resource_id": int, "file_id": int, "version_id": int, "model_id": int,
+            "local_file_id": int, "hash_type": str, "confidence": float, "reason": str,
+            "model_name": str, "version_name": str, "model_type": str, "base_model": str,
+            "_matched_at": str,
+        },
+        "pk": "resource_id",
+        "indexes": [["file_id"], ["local_file_id"], ["version_id"]],
+    },
+    # Manual matches (`civitai-mirror pin`); found again by sha256 when a file moved.
+    "pins": {
+        "columns": {"file_id": int, "path": str, "sha256": str, "version_id": int, "_pinned_at": str},
+        "pk": "file_id",
+        "indexes": [["sha256"]],
+    },
+    # Audit of every lookup per model file and source (mirror, api).
+    "model_enrichment": {
+        "columns": {
+            "file_id": int, "source": str, "hash_type": str, "lookup_status": str,
+            "display_hash": str, "source_url": str, "enriched_at": str, "payload_json": str,
+        },
+        "pk": ("file_id", "source"),
+        "indexes": [["lookup_status"]],
+    },
+}
 
 # ---- sort (runs, journal) ----------------------------------------------------
-SORT_TABLES: dict[str, dict[str, Any]] = {}
+SORT_TABLES: dict[str, dict[str, Any]] = {
+    # One row per `sort` run (and its undo). state: running | done | interrupted | rolled_back |
+    # undone | partially_undone.
+    "runs": {
+        "columns": {"id": str, "dest": str, "state": str, "moves": int, "ignored": int,
+                    "plan_id": int, "_started_at": str, "_finished_at": str, "_undone_at": str,
+                    "error": str, "pid": int, "host": str},
+        "pk": "id",
+        "indexes": [["state"]],
+    },
+    # Every move, written BEFORE it happens. state: planned -> moving -> done, or failed;
+    # undo: done -> undoing -> undone, or undo_refused (error says why); recovery: rolled_back.
+    # Files left where they are get one row with state 'ignored' and no destination.
+    "journal": {
+        "columns": {"id": int, "run_id": str, "seq": int, "file_id": int, "source": str,
+                    "destination": str, "size": int, "sha256": str, "state": str, "role": str,
+                    "reason": str, "error": str, "_updated_at": str},
+        "pk": "id",
+        "foreign_keys": [("run_id", "runs", "id")],
+        "indexes": [["run_id", "seq"], ["state"], ["file_id"]],
+    },
+    # Plans as computed (dry-run with --save-plan, or the plan a run applied), JSON.
+    "plans": {
+        "columns": {"id": int, "dest": str, "plan_json": str, "summary_json": str,
+                    "run_id": str, "_created_at": str},
+        "pk": "id",
+    },
+}
 
 LIBRARY_SCHEMA: dict[str, dict[str, Any]] = {
     **SCAN_TABLES, **MEDIA_TABLES, **MATCH_TABLES, **SORT_TABLES,
