@@ -1,0 +1,342 @@
+"""The dump folder: layout, logs and atomic writes. No network here.
+
+Layout (dumptool's)::
+
+    DIR/12340000/12345678.json            model 12345678 (block = id // 10000 * 10000, 8 digits)
+    DIR/12340000/12345678.<UTC>.json      a worse answer kept beside the good copy (never clobber)
+    DIR/downloaded.txt  id, host, UTC     saved models
+    DIR/notfound.txt    id, hosts, UTC    every host said 404
+    DIR/errors.txt      id, reason, UTC   ids whose latest attempt failed
+    DIR/crawled.txt     id, UTC           ids covered by --crawl
+    DIR/missing.txt     id                json on disk but not in downloaded.txt (rewritten every run)
+    DIR/history.txt     id, reason, side file, UTC   answers kept beside the good copy
+    DIR/images/<block>/<image id>.<ext>   preview images (crawl --images), logs in DIR/images/
+
+Every log line starts with the id zero-padded to 8 digits; readers take the first tab-separated
+column. A log line is appended only after its file is in place, so a crash can at worst leave a
+file without its line (reported in missing.txt, fetched again) — never a line without its file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, TextIO
+
+import orjson
+
+from crawler.api import check_model, is_worse
+from crawler.client import Invalid, NotFound, parse_json_body
+
+log = logging.getLogger(__name__)
+
+LOGS = ("downloaded.txt", "notfound.txt", "errors.txt", "crawled.txt", "missing.txt")
+_BLOCK = re.compile(r"^\d{8,}$")
+_MODEL_FILE = re.compile(r"^(\d{8,})\.json$")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def pad(n: int) -> str:
+    return f"{n:08d}"
+
+
+def block_of(n: int) -> str:
+    return pad(n // 10000 * 10000)
+
+
+def model_path(root: Path, model_id: int) -> Path:
+    return root / block_of(model_id) / f"{pad(model_id)}.json"
+
+
+def image_path(root: Path, image_id: int, ext: str) -> Path:
+    return root / "images" / block_of(image_id) / f"{pad(image_id)}.{ext}"
+
+
+def dumps(data: object) -> bytes:
+    """Deterministic pretty JSON (Civitai's key order kept), so re-crawls give the same bytes."""
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``path.part`` then ``os.replace``: the final name only ever holds a complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(part, path)
+
+
+def read_log(path: Path) -> dict[int, list[str]]:
+    """id -> the other columns of its last line. Lines whose first column is not a number are skipped."""
+    out: dict[int, list[str]] = {}
+    try:
+        fh = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return out
+    with fh:
+        for line in fh:
+            cols = line.rstrip("\r\n").split("\t")
+            head = cols[0].strip()
+            if head.isdigit():
+                out[int(head)] = cols[1:]
+    return out
+
+
+def _time_of(cols: list[str]) -> str:
+    """The UTC time column of a log line (the last column that looks like one), or ''."""
+    for col in reversed(cols):
+        if len(col) >= 20 and col[:4].isdigit() and col[4] == "-" and col.endswith("Z"):
+            return col
+    return ""
+
+
+class LogFile:
+    """An append-only log: one ``write`` + flush per line, so a kill leaves whole lines."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh: TextIO | None = None
+
+    def append(self, *cols: object) -> None:
+        if self._fh is None:
+            needs_newline = False
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(0, os.SEEK_END)
+                    if fh.tell():
+                        fh.seek(-1, os.SEEK_END)
+                        needs_newline = fh.read(1) != b"\n"
+            except FileNotFoundError:
+                pass
+            self._fh = open(self.path, "a", encoding="utf-8")
+            if needs_newline:
+                self._fh.write("\n")
+        self._fh.write("\t".join(str(c) for c in cols) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def rewrite_log(path: Path, lines: Iterable[str]) -> None:
+    write_atomic(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+class Dump:
+    """The state of one dump folder: which ids are downloaded, not found, failed, crawled."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.downloaded: dict[int, list[str]] = {}
+        self.notfound: dict[int, list[str]] = {}
+        self.errors: dict[int, list[str]] = {}
+        self.crawled: dict[int, list[str]] = {}
+        self.on_disk: set[int] = set()
+        self.rebuilt = 0
+        self._logs: dict[str, LogFile] = {}
+
+    # -- start of a run ---------------------------------------------------------------------
+
+    def load(self) -> "Dump":
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.on_disk = self._walk()
+        self.downloaded = read_log(self.root / "downloaded.txt")
+        if not self.downloaded:
+            self._rebuild_downloaded()
+        self.notfound = {i: c for i, c in read_log(self.root / "notfound.txt").items() if i not in self.downloaded}
+        self.crawled = read_log(self.root / "crawled.txt")
+        # errors.txt holds ids whose *latest* attempt failed: drop those a later line resolved.
+        self.errors = {}
+        for i, cols in read_log(self.root / "errors.txt").items():
+            failed_at = _time_of(cols)
+            resolved = [_time_of(c) for c in (self.downloaded.get(i), self.notfound.get(i)) if c is not None]
+            if any(t and t >= failed_at for t in resolved):
+                continue
+            self.errors[i] = cols
+        rewrite_log(self.root / "errors.txt", [self._line(i, c) for i, c in sorted(self.errors.items())])
+        return self
+
+    def _walk(self) -> set[int]:
+        """Model ids with a json on disk; removes ``.part`` leftovers of a killed run (our own temp files)."""
+        ids: set[int] = set()
+        for entry in os.scandir(self.root):
+            if not (entry.is_dir() and _BLOCK.match(entry.name)):
+                continue
+            for f in os.scandir(entry.path):
+                m = _MODEL_FILE.match(f.name)
+                if m:
+                    ids.add(int(m.group(1)))
+                elif f.name.endswith(".json.part"):
+                    log.info("removing leftover %s", f.path)
+                    os.unlink(f.path)
+        images = self.root / "images"
+        if images.is_dir():
+            for entry in os.scandir(images):
+                if entry.is_dir() and _BLOCK.match(entry.name):
+                    for f in os.scandir(entry.path):
+                        if f.name.endswith(".part"):
+                            os.unlink(f.path)
+        return ids
+
+    def _rebuild_downloaded(self) -> None:
+        """downloaded.txt is missing or empty: rebuild it from the valid model files on disk."""
+        lines = []
+        for i in sorted(self.on_disk):
+            path = model_path(self.root, i)
+            try:
+                check_model(parse_json_body(path.read_bytes()), i)
+            except (Invalid, NotFound, OSError):
+                log.warning("not a valid model file, left out of downloaded.txt: %s", path)
+                continue
+            when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            self.downloaded[i] = ["disk", when]
+            lines.append(self._line(i, self.downloaded[i]))
+        if lines:
+            log.info("rebuilt downloaded.txt from %d files on disk", len(lines))
+            rewrite_log(self.root / "downloaded.txt", lines)
+        self.rebuilt = len(lines)
+
+    @staticmethod
+    def _line(i: int, cols: list[str]) -> str:
+        return "\t".join([pad(i), *cols])
+
+    def _log(self, name: str) -> LogFile:
+        if name not in self._logs:
+            self._logs[name] = LogFile(self.root / name)
+        return self._logs[name]
+
+    # -- during a run -----------------------------------------------------------------------
+
+    def highest_known_id(self) -> int:
+        return max([0, *self.downloaded, *self.crawled])
+
+    def save_model(self, model_id: int, model: dict, host: str) -> str:
+        """Save a model answer; returns ``saved``, ``unchanged`` or ``kept`` (worse answer put beside)."""
+        path = model_path(self.root, model_id)
+        data = dumps(model)
+        status = "saved"
+        if path.exists():
+            try:
+                old_bytes = path.read_bytes()
+                old = check_model(parse_json_body(old_bytes), model_id)
+            except (Invalid, NotFound, OSError):
+                old_bytes, old = b"", None
+            if old_bytes == data:
+                status = "unchanged"
+            elif old is not None:
+                why = is_worse(old, model)
+                if why:
+                    self.keep_beside(model_id, data, why)
+                    status = "kept"
+        if status == "saved":
+            write_atomic(path, data)
+        self.on_disk.add(model_id)
+        now = utc_now()
+        self.downloaded[model_id] = [host, now]
+        self._log("downloaded.txt").append(pad(model_id), host, now)
+        self._resolved(model_id)
+        return status
+
+    def keep_beside(self, model_id: int, data: bytes, why: str) -> Path:
+        """Save a worse answer as ``<id>.<UTC>.json`` beside the good copy and log it in history.txt."""
+        base = model_path(self.root, model_id)
+        stamp = utc_stamp()
+        side = base.with_name(f"{pad(model_id)}.{stamp}.json")
+        n = 1
+        while side.exists():
+            side = base.with_name(f"{pad(model_id)}.{stamp}-{n}.json")
+            n += 1
+        write_atomic(side, data)
+        log.warning("model %d: kept the good copy, saved the new answer as %s (%s)", model_id, side.name, why)
+        self._log("history.txt").append(pad(model_id), why, side.name, utc_now())
+        return side
+
+    def mark_notfound(self, model_id: int, hosts: str, body: object = None) -> str:
+        """Every host said 404. If a good copy exists (a refresh), keep it and save the answer beside it."""
+        if model_id in self.downloaded and model_path(self.root, model_id).exists():
+            self.keep_beside(model_id, dumps(body if body is not None else {"error": "not found"}), "404 on refresh")
+            self._resolved(model_id)
+            return "kept"
+        now = utc_now()
+        self.notfound[model_id] = [hosts, now]
+        self._log("notfound.txt").append(pad(model_id), hosts, now)
+        self._resolved(model_id)
+        return "notfound"
+
+    def mark_error(self, model_id: int, reason: str) -> None:
+        reason = (reason or "error").replace("\t", " ").replace("\n", " ")
+        now = utc_now()
+        self.errors[model_id] = [reason, now]
+        self._log("errors.txt").append(pad(model_id), reason, now)
+
+    def mark_crawled(self, model_id: int) -> None:
+        now = utc_now()
+        self.crawled[model_id] = [now]
+        self._log("crawled.txt").append(pad(model_id), now)
+
+    def _resolved(self, model_id: int) -> None:
+        self.errors.pop(model_id, None)
+
+    # -- end of a run -----------------------------------------------------------------------
+
+    def missing(self) -> list[int]:
+        return sorted(self.on_disk - set(self.downloaded))
+
+    def finish(self) -> None:
+        """Rewrite errors.txt (latest failures only) and missing.txt; close the logs."""
+        for lf in self._logs.values():
+            lf.close()
+        self._logs.clear()
+        rewrite_log(self.root / "errors.txt", [self._line(i, c) for i, c in sorted(self.errors.items())])
+        rewrite_log(self.root / "missing.txt", [pad(i) for i in self.missing()])
+
+
+class ImageLog:
+    """Logs of the preview archive in DIR/images/: downloaded.txt, notfound.txt, errors.txt."""
+
+    def __init__(self, root: Path):
+        self.dir = Path(root) / "images"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.downloaded = read_log(self.dir / "downloaded.txt")
+        self.notfound = read_log(self.dir / "notfound.txt")
+        self.errors = {i: c for i, c in read_log(self.dir / "errors.txt").items()
+                       if i not in self.downloaded and i not in self.notfound}
+        self._down = LogFile(self.dir / "downloaded.txt")
+        self._nf = LogFile(self.dir / "notfound.txt")
+        self._err = LogFile(self.dir / "errors.txt")
+
+    def known(self, image_id: int) -> bool:
+        return image_id in self.downloaded or image_id in self.notfound
+
+    def mark_downloaded(self, image_id: int, model_id: int, name: str) -> None:
+        self.downloaded[image_id] = [pad(model_id), name]
+        self.errors.pop(image_id, None)
+        self._down.append(pad(image_id), pad(model_id), name, utc_now())
+
+    def mark_notfound(self, image_id: int, model_id: int) -> None:
+        self.notfound[image_id] = [pad(model_id)]
+        self.errors.pop(image_id, None)
+        self._nf.append(pad(image_id), pad(model_id), utc_now())
+
+    def mark_error(self, image_id: int, model_id: int, reason: str) -> None:
+        reason = (reason or "error").replace("\t", " ").replace("\n", " ")
+        self.errors[image_id] = [pad(model_id), reason]
+        self._err.append(pad(image_id), pad(model_id), reason, utc_now())
+
+    def finish(self) -> None:
+        for lf in (self._down, self._nf, self._err):
+            lf.close()
+        rewrite_log(self.dir / "errors.txt", ["\t".join([pad(i), *c]) for i, c in sorted(self.errors.items())])
