@@ -1,0 +1,262 @@
+"""The one hashing function: every Civitai hash type of a file in one read pass.
+
+Definitions (see ../shared/reference/civitai-api.md §2; every hex string upper-case):
+
+* ``SHA256``: sha256 of the whole file; ``AutoV2`` = ``SHA256[:10]``.
+* ``AutoV1``: ``sha256(file[0x100000:0x110000])[:8]``, ``None`` when the file is under 2 MiB (Civitai's
+  table). ``AutoV1_A1111`` is the same read done the way A1111/kohya do it, with no size limit
+  (a file under 1 MiB gives ``E3B0C442``, the hash of nothing); infotexts carry that value.
+* ``AutoV3_full``: sha256 of the bytes after the safetensors header, i.e. ``file[8+N:]`` where ``N``
+  is the little-endian u64 at offset 0; when ``N >= 16 MiB`` (zip ``.ckpt``/``.pt``, huge headers)
+  it is ``file[8:]`` (Civitai's rule since 2024-08). ``AutoV3`` is its first 12 hex characters.
+  ``None`` (with ``error`` set) when ``8+N`` runs past the end of the file or the file is shorter
+  than 8 bytes.
+* ``CRC32``: ``zlib.crc32`` of the whole file, printed in little-endian byte order.
+* ``BLAKE3``: blake3 of the whole file (32-byte digest).
+
+One reader feeds every hasher; on large inputs each hasher runs in its own thread (hashlib, zlib
+and blake3 release the GIL), so the pass costs about as much as its slowest hash, not their sum.
+
+``fingerprint`` is a cheap sampled identity (size + head/middle/tail) used to recognise a moved
+file without hashing it; it is not a Civitai hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import zlib
+from typing import Any, Callable, Iterable
+
+import blake3
+
+#: Keys of the dict ``hash_file`` returns (Civitai's names, plus the full AutoV3 and A1111's AutoV1).
+HASH_KEYS = ("SHA256", "AutoV1", "AutoV2", "AutoV3", "AutoV3_full", "CRC32", "BLAKE3")
+ALL_KEYS = HASH_KEYS + ("AutoV1_A1111",)
+
+AUTOV1_OFFSET = 0x100000
+AUTOV1_LENGTH = 0x10000
+AUTOV1_MIN_SIZE = 2 * 0x100000
+AUTOV3_HEADER_LIMIT = 16 * 2**20
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest().upper()
+
+CHUNK_SIZE = 1 << 20
+#: Inputs up to this size are hashed in the calling thread (threads cost more than they save).
+THREADED_MIN_SIZE = 8 << 20
+_QUEUE_DEPTH = 8
+
+# `want` names -> the hashers they need.
+_NEEDS = {
+    "SHA256": "sha256", "AutoV2": "sha256", "AutoV1": "autov1", "AutoV1_A1111": "autov1",
+    "AutoV3": "autov3", "AutoV3_full": "autov3", "CRC32": "crc32", "BLAKE3": "blake3",
+}
+
+
+class FileChangedError(OSError):
+    """The file's size changed while it was read (it is still being written)."""
+
+
+def _normalise_want(want: Iterable[str] | None) -> set[str]:
+    if want is None:
+        return set(_NEEDS.values())
+    lookup = {key.lower(): value for key, value in _NEEDS.items()}
+    needed = set()
+    for key in want:
+        if key.lower() not in lookup:
+            raise ValueError(f"unknown hash type {key!r}; known: {', '.join(ALL_KEYS)}")
+        needed.add(lookup[key.lower()])
+    return needed
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: Any) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+
+class _Tail:
+    """Feeds a hasher only the bytes from ``start`` (an offset into the stream) onwards."""
+
+    def __init__(self, hasher: Any, start: int) -> None:
+        self.hasher, self.start, self.position = hasher, start, 0
+
+    def update(self, data: Any) -> None:
+        end = self.position + len(data)
+        if end > self.start:
+            skip = self.start - self.position
+            self.hasher.update(memoryview(data)[skip:] if skip > 0 else data)
+        self.position = end
+
+
+def _run_threaded(updaters: list[Any], chunks: Iterable[bytes]) -> None:
+    """Feed every chunk to every updater, one thread per updater, bounded queues."""
+    queues = [queue.Queue(maxsize=_QUEUE_DEPTH) for _ in updaters]
+    failures: list[BaseException] = []
+
+    def work(updater: Any, q: queue.Queue) -> None:
+        while True:
+            chunk = q.get()
+            if chunk is None:
+                return
+            if not failures:
+                try:
+                    updater.update(chunk)
+                except BaseException as exc:  # pragma: no cover - hashers do not fail
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(u, q), daemon=True) for u, q in zip(updaters, queues)]
+    for thread in threads:
+        thread.start()
+    try:
+        for chunk in chunks:
+            for q in queues:
+                q.put(chunk)
+    finally:
+        for q in queues:
+            q.put(None)
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+
+
+def hash_file(
+    path: str | os.PathLike,
+    *,
+    want: Iterable[str] | None = None,
+    offset: int = 0,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    threaded: bool | None = None,
+) -> dict[str, Any]:
+    """Hash ``path`` (from byte ``offset``, as if that were the start of the file) in one read pass.
+
+    Returns ``SHA256, AutoV1, AutoV2, AutoV3, AutoV3_full, CRC32, BLAKE3, AutoV1_A1111`` (upper-case
+    hex or ``None`` when not requested / not defined), plus ``size`` (bytes hashed), ``header_length``
+    (the u64 at the start) and ``error`` (why AutoV3 is ``None``, or ``None``). ``want`` limits the
+    work to some hash types (``{"SHA256"}`` for media). ``progress(n)`` is called with each chunk's size.
+    Raises ``FileChangedError`` when the file shrinks or grows while it is read.
+    """
+    needed = _normalise_want(want)
+    result: dict[str, Any] = {key: None for key in ALL_KEYS}
+    result.update(size=0, header_length=None, error=None)
+    with open(path, "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size - offset
+        if size < 0:
+            raise ValueError(f"offset {offset} is past the end of {path}")
+        handle.seek(offset)
+        first = handle.read(min(chunk_size, size)) if size else b""
+
+        updaters: list[Any] = []
+        sha = v3 = crc = b3 = None
+        if "sha256" in needed:
+            sha = hashlib.sha256()
+            updaters.append(sha)
+        if "crc32" in needed:
+            crc = _Crc32()
+            updaters.append(crc)
+        if "blake3" in needed:
+            b3 = blake3.blake3()
+            updaters.append(b3)
+        if len(first) >= 8:
+            n = int.from_bytes(first[:8], "little")
+            result["header_length"] = n
+        else:
+            n = None
+        if "autov3" in needed:
+            if n is None:
+                result["error"] = f"too short for a safetensors header ({size} bytes)"
+            elif n >= AUTOV3_HEADER_LIMIT:
+                v3 = hashlib.sha256()
+                updaters.append(_Tail(v3, 8))
+            elif 8 + n > size:
+                result["error"] = f"safetensors header length {n} exceeds file size {size}"
+            else:
+                v3 = hashlib.sha256()
+                updaters.append(_Tail(v3, 8 + n))
+
+        autov1_parts: list[bytes] = []
+        read_total = 0
+
+        def chunks():
+            nonlocal read_total
+            chunk = first
+            position = 0
+            while chunk:
+                read_total += len(chunk)
+                if "autov1" in needed:
+                    lo, hi = max(AUTOV1_OFFSET, position), min(AUTOV1_OFFSET + AUTOV1_LENGTH, position + len(chunk))
+                    if lo < hi:
+                        autov1_parts.append(bytes(chunk[lo - position:hi - position]))
+                yield chunk
+                if progress is not None:
+                    progress(len(chunk))
+                position += len(chunk)
+                chunk = handle.read(chunk_size)
+
+        if threaded is None:
+            threaded = size >= THREADED_MIN_SIZE and len(updaters) > 1
+        if updaters and threaded:
+            _run_threaded(updaters, chunks())
+        else:
+            for chunk in chunks():
+                for updater in updaters:
+                    updater.update(chunk)
+        if "autov1" in needed and not updaters:
+            # Only AutoV1 asked for: no need to have read the whole file.
+            handle.seek(offset + AUTOV1_OFFSET)
+            autov1_parts = [handle.read(AUTOV1_LENGTH)] if size > AUTOV1_OFFSET else []
+            read_total = size
+    if read_total != size:
+        raise FileChangedError(f"{path} changed size while it was read ({size} -> {read_total} bytes)")
+    result["size"] = size
+    if sha is not None:
+        result["SHA256"] = sha.hexdigest().upper()
+        result["AutoV2"] = result["SHA256"][:10]
+    if v3 is not None:
+        result["AutoV3_full"] = v3.hexdigest().upper()
+        result["AutoV3"] = result["AutoV3_full"][:12]
+    if crc is not None:
+        result["CRC32"] = crc.value.to_bytes(4, "little").hex().upper()
+    if b3 is not None:
+        result["BLAKE3"] = b3.hexdigest().upper()
+    if "autov1" in needed:
+        a1111 = hashlib.sha256(b"".join(autov1_parts)).hexdigest()[:8].upper()
+        result["AutoV1_A1111"] = a1111
+        result["AutoV1"] = a1111 if size >= AUTOV1_MIN_SIZE else None
+    return result
+
+
+FINGERPRINT_SAMPLE = 64 * 1024
+
+
+def fingerprint(path: str | os.PathLike, size: int | None = None) -> str:
+    """A cheap identity of a file's content: blake3 of its size and 64 KiB at head, middle and tail.
+
+    Used to recognise a moved or copied file without hashing it; 32 upper-case hex characters.
+    """
+    with open(path, "rb", buffering=0) as handle:
+        if size is None:
+            size = os.fstat(handle.fileno()).st_size
+        digest = blake3.blake3(size.to_bytes(8, "little"))
+        if size <= 3 * FINGERPRINT_SAMPLE:
+            digest.update(handle.read(size))
+        else:
+            for start in (0, size // 2 - FINGERPRINT_SAMPLE // 2, size - FINGERPRINT_SAMPLE):
+                handle.seek(start)
+                digest.update(handle.read(FINGERPRINT_SAMPLE))
+    return digest.hexdigest(length=16).upper()
+
+
+def civitai_key(name: str) -> str:
+    """Civitai's spelling of a hash-type name given in any case (``autov2`` -> ``AutoV2``)."""
+    for key in ALL_KEYS:
+        if key.lower() == name.lower():
+            return key
+    raise ValueError(f"unknown hash type {name!r}")
+
+
+__all__ = ["hash_file", "FileChangedError", "HASH_KEYS", "ALL_KEYS", "EMPTY_SHA256", "fingerprint"]

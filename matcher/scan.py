@@ -1,0 +1,384 @@
+"""Walk directories into library.sqlite's ``files`` table: kinds, sniffed formats, hashes, model facts.
+
+``scan_library(db, roots, ...)`` is the whole scan; ``describe_file(path)`` is one file's facts (the
+``hash`` command uses it too). Hash work goes through ``matcher.hashing.hash_file`` only.
+
+The cache: a file whose (device, inode, size, mtime_ns) is unchanged and already hashed is not read
+again. A path the table does not know is first matched against rows whose file has vanished: same
+(device, inode, size, mtime_ns) (a rename or a moved folder), else same size and sampled
+fingerprint (a copy to another disk, then the original deleted). Such a row is re-attached to the
+new path with its hashes, and reported as a move.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat as statmod
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import sqlite_utils
+
+from matcher import models
+from matcher.config import DEFAULT_MAX_FILE_SIZE
+from matcher.hashing import FileChangedError, fingerprint, hash_file
+
+log = logging.getLogger(__name__)
+
+HASH_COLUMNS = {
+    "SHA256": "sha256", "AutoV1": "autov1", "AutoV2": "autov2", "AutoV3": "autov3",
+    "AutoV3_full": "autov3_full", "CRC32": "crc32", "BLAKE3": "blake3", "AutoV1_A1111": "autov1_a1111",
+}
+_CLEARED = {column: None for column in HASH_COLUMNS.values()} | {
+    "sha256_source": None, "fingerprint": None, "model_type": None, "base_model": None,
+    "width": None, "height": None, "error": None, "_hashed_at": None,
+}
+HASHED_KINDS = ("model", "media")
+GROWING_ERROR = "changed while it was being hashed (still being written?); will be hashed by the next scan"
+
+Progress = Callable[..., None]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class StillWritten(Exception):
+    """A file changed between the walk and the end of its hashing."""
+
+
+# ---- one file ------------------------------------------------------------------------------
+
+def describe_file(
+    path: str,
+    *,
+    kind: str | None = None,
+    fmt: str | None = None,
+    size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    all_hashes: bool = False,
+) -> dict[str, Any]:
+    """Hashes and facts of one file, as ``files`` columns plus ``model_info`` (dict or None).
+
+    Models get every hash and a classification; media get SHA256 and width/height; ``all_hashes``
+    gives every hash whatever the kind (the ``hash`` command). A ``.dfsn`` takes SHA256 from its
+    header (``sha256_source`` = ``header``) and hashes the embedded model for the other types.
+    """
+    if kind is None or fmt is None:
+        kind, fmt = models.kind_and_format(path)
+    if size is None:
+        size = os.stat(path).st_size
+    out: dict[str, Any] = {"kind": kind, "format": fmt, "model_type": None, "base_model": None,
+                           "width": None, "height": None, "sha256_source": None, "model_info": None}
+    errors: list[str] = []
+    want: set[str] | None = None if (kind == "model" or all_hashes) else {"SHA256"}
+    if fmt == "dfsn":
+        from matcher.dfsn import DfsnError, read_header
+
+        try:
+            header = read_header(path)
+        except DfsnError as exc:
+            errors.append(str(exc))
+            hashes = hash_file(path, want=want, progress=progress)
+        else:
+            hashes = hash_file(path, offset=header["model_offset"], progress=progress,
+                               want={"AutoV1", "AutoV1_A1111", "AutoV3", "CRC32", "BLAKE3"})
+            hashes["SHA256"], hashes["AutoV2"] = header["sha256"], header["sha256"][:10]
+            out["sha256_source"] = "header"
+    else:
+        hashes = hash_file(path, want=want, progress=progress)
+        out["sha256_source"] = "file"
+    for key, column in HASH_COLUMNS.items():
+        out[column] = hashes.get(key)
+    if hashes.get("error") and (kind == "model" or all_hashes) and fmt in ("safetensors", None, "dfsn"):
+        errors.append(hashes["error"])
+    if kind == "model":
+        facts = models.classify_model(path, fmt, size, hashes.get("AutoV3_full"))
+        out["model_type"], out["base_model"] = facts["model_type"], facts["base_model"]
+        if facts["error"]:
+            errors.append(facts["error"])
+        info = facts["info"]
+        if info:
+            out["model_info"] = info
+            if info.get("sshs_status") in ("stale", "bogus"):
+                log.warning("%s: embedded sshs_model_hash %s is %s (computed AutoV3 %s)", path,
+                            info.get("sshs_model_hash"), info["sshs_status"], hashes.get("AutoV3"))
+    elif fmt in models.IMAGE_FORMATS:
+        out["width"], out["height"] = models.image_size(path)
+    out["error"] = "; ".join(dict.fromkeys(errors)) or None
+    return out
+
+
+def model_info_row(file_id: int, info: dict[str, Any]) -> dict[str, Any]:
+    """A ``model_info`` row from ``describe_file``'s ``model_info`` dict (JSON-encodes nested values)."""
+    row: dict[str, Any] = {"file_id": file_id}
+    known = {"tensor_count", "metadata_json", "network_module", "network_dim", "network_alpha",
+             "network_args", "conv_dim", "conv_alpha", "algo", "dora_wd", "output_name",
+             "base_model_version", "sd_model_name", "training_comment", "modelspec",
+             "modelspec_architecture", "modelspec_title", "tag_count", "top_tags",
+             "sshs_model_hash", "sshs_status"}
+    facts = {}
+    for key, value in info.items():
+        if key in known:
+            row[key] = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else (
+                None if value is None else (value if isinstance(value, (int, float)) and not isinstance(value, bool)
+                                            else str(value)))
+        else:
+            facts[key] = value
+    row["facts"] = json.dumps(facts, ensure_ascii=False, default=str) if facts else None
+    return row
+
+
+# ---- the walk ------------------------------------------------------------------------------
+
+def _database_files(db: sqlite_utils.Database) -> set[str]:
+    files = set()
+    for row in db.execute("PRAGMA database_list").fetchall():
+        if row[2]:
+            real = os.path.realpath(row[2])
+            files.update({real, real + "-wal", real + "-shm", real + "-journal"})
+    return files
+
+
+def walk(root: str, skip: set[str] = frozenset()) -> Iterable[tuple[str, os.stat_result]]:
+    """(path, stat) of every regular file under ``root``; symlinks are not followed."""
+    def onerror(exc: OSError) -> None:
+        log.warning("cannot read %s: %s", exc.filename, exc.strerror)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                log.warning("cannot stat %s: %s", path, exc.strerror)
+                continue
+            if not statmod.S_ISREG(st.st_mode) or (skip and os.path.realpath(path) in skip):
+                continue
+            yield path, st
+
+
+def _under(root: str) -> tuple[str, str]:
+    prefix = root.rstrip(os.sep) + os.sep
+    return prefix, prefix[:-1] + chr(ord(os.sep) + 1)
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def scan_library(
+    db: sqlite_utils.Database,
+    roots: Iterable[str | os.PathLike],
+    *,
+    force_rescan: bool = False,
+    max_file_size: int | None = DEFAULT_MAX_FILE_SIZE,
+    one_reader: bool = False,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Scan ``roots`` into ``files``/``model_info``; return the summary.
+
+    Summary keys: ``files new changed moved hashed_bytes skipped errors`` (the ``--json`` contract),
+    plus ``unchanged``, ``missing``, ``moves`` ([{"from", "to"}]), ``growing`` and ``error_files``
+    (paths). ``progress(advance=n)`` / ``progress(total=n)`` reports hashed bytes.
+    """
+    roots = [os.path.abspath(os.fspath(r)) for r in roots]
+    for root in roots:
+        if not os.path.isdir(root):
+            raise NotADirectoryError(root)
+    limit = max_file_size if max_file_size is not None else DEFAULT_MAX_FILE_SIZE
+    now = utc_now()
+    skip = _database_files(db)
+    conn = db.conn
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, no fsync per file
+    summary: dict[str, Any] = {"files": 0, "new": 0, "changed": 0, "moved": 0, "hashed_bytes": 0,
+                               "skipped": 0, "errors": 0, "unchanged": 0, "missing": 0,
+                               "moves": [], "growing": [], "error_files": []}
+    columns = ["id", "path", "root", "size", "mtime_ns", "device", "inode", "kind", "format",
+               "_hashed_at", "fingerprint", "error"]
+    select = "SELECT " + ", ".join(columns) + " FROM files "
+
+    def rows(sql: str, params: Iterable[Any]) -> list[dict[str, Any]]:
+        return [dict(zip(columns, r)) for r in conn.execute(select + sql, tuple(params)).fetchall()]
+
+    # 1. Walk every root; remember what the table knew under them.
+    seen: dict[str, tuple[str, os.stat_result]] = {}
+    known: dict[str, dict[str, Any]] = {}
+    for root in roots:
+        for path, st in walk(root, skip):
+            seen.setdefault(path, (root, st))
+        for row in rows("WHERE path >= ? AND path < ?", _under(root)):
+            known[row["path"]] = row
+    summary["files"] = len(seen)
+
+    def needs_hash(kind: str, size: int) -> bool:
+        return kind in HASHED_KINDS and size <= limit
+
+    def vanished(row: dict[str, Any]) -> bool:
+        return row["path"] not in seen and not os.path.lexists(row["path"])
+
+    jobs: list[dict[str, Any]] = []
+    touched: list[tuple[str, str, int]] = []
+    with conn:
+        for path, (root, st) in seen.items():
+            row = known.get(path)
+            dev, ino, size, mtime = _stat_key(st)
+            if row is not None and (row["device"], row["inode"], row["size"], row["mtime_ns"]) == (dev, ino, size, mtime):
+                hashed = row["_hashed_at"] is not None or not needs_hash(row["kind"], size)
+                if hashed and not force_rescan:
+                    summary["unchanged"] += 1
+                    if row["kind"] in HASHED_KINDS and size > limit:
+                        summary["skipped"] += 1
+                    touched.append((now, root, row["id"]))
+                    continue
+                touched.append((now, root, row["id"]))
+                if needs_hash(row["kind"], size):
+                    jobs.append({"id": row["id"], "path": path, "kind": row["kind"], "format": row["format"],
+                                 "stat": (dev, ino, size, mtime), "fingerprint": row["fingerprint"]})
+                continue
+            kind, fmt = models.kind_and_format(path)
+            if row is not None:  # same path, different content
+                summary["changed"] += 1
+                update = dict(_CLEARED, size=size, mtime_ns=mtime, device=dev, inode=ino, kind=kind,
+                              format=fmt, root=root, missing=0, _last_seen=now)
+                _update(conn, row["id"], update)
+                file_id, fp = row["id"], None
+                conn.execute("DELETE FROM model_info WHERE file_id = ?", (file_id,))
+            else:
+                moved = None
+                for cand in rows("WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
+                                 (dev, ino, size, mtime)):
+                    if vanished(cand):
+                        moved = cand
+                        break
+                fp = None
+                if moved is None and kind in HASHED_KINDS:
+                    try:
+                        fp = fingerprint(path, size)
+                    except OSError as exc:
+                        log.warning("cannot read %s: %s", path, exc.strerror)
+                    for cand in rows("WHERE size = ? AND fingerprint = ?", (size, fp)) if fp else []:
+                        if vanished(cand):
+                            moved = cand
+                            break
+                if moved is not None:
+                    summary["moved"] += 1
+                    summary["moves"].append({"from": moved["path"], "to": path})
+                    log.info("moved: %s -> %s", moved["path"], path)
+                    known.pop(moved["path"], None)
+                    _update(conn, moved["id"], {"path": path, "root": root, "device": dev, "inode": ino,
+                                                     "mtime_ns": mtime, "missing": 0, "_last_seen": now})
+                    if moved["_hashed_at"] is None and needs_hash(moved["kind"], size):
+                        jobs.append({"id": moved["id"], "path": path, "kind": moved["kind"],
+                                     "format": moved["format"], "stat": (dev, ino, size, mtime),
+                                     "fingerprint": moved["fingerprint"]})
+                    elif moved["kind"] in HASHED_KINDS and size > limit:
+                        summary["skipped"] += 1
+                    continue
+                summary["new"] += 1
+                file_id = _insert(conn, "files", {
+                    "path": path, "root": root, "size": size, "mtime_ns": mtime, "device": dev, "inode": ino,
+                    "kind": kind, "format": fmt, "fingerprint": fp, "missing": 0,
+                    "_first_seen": now, "_last_seen": now,
+                })
+            if needs_hash(kind, size):
+                jobs.append({"id": file_id, "path": path, "kind": kind, "format": fmt,
+                             "stat": (dev, ino, size, mtime), "fingerprint": fp})
+            elif kind in HASHED_KINDS:
+                summary["skipped"] += 1
+                log.info("not hashed (larger than max_file_size %d): %s", limit, path)
+        conn.executemany("UPDATE files SET _last_seen = ?, root = ?, missing = 0 WHERE id = ?", touched)
+        gone = [row["id"] for path, row in known.items() if path not in seen]
+        conn.executemany("UPDATE files SET missing = 1 WHERE id = ?", [(i,) for i in gone])
+        summary["missing"] = len(gone)
+
+    # 2. Hash, several files at once (one with one_reader); only this thread writes the database.
+    if progress is not None:
+        progress(total=sum(job["stat"][2] for job in jobs))
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        if progress is not None:
+            with lock:
+                progress(advance=n)
+
+    def run(job: dict[str, Any]) -> dict[str, Any]:
+        path, (dev, ino, size, mtime) = job["path"], job["stat"]
+        before = os.stat(path)
+        if _stat_key(before) != (dev, ino, size, mtime):
+            raise StillWritten(path)
+        try:
+            facts = describe_file(path, kind=job["kind"], fmt=job["format"], size=size, progress=advance)
+        except FileChangedError:
+            raise StillWritten(path) from None
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise StillWritten(path)
+        if job["fingerprint"] is None:
+            facts["fingerprint"] = fingerprint(path, size)
+        return facts
+
+    max_workers = 1 if one_reader else max(1, workers or os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hash") as pool:
+        futures = {pool.submit(run, job): job for job in jobs}
+        try:
+            pending = 0
+            for future in as_completed(futures):
+                _record(conn, futures[future], future, summary)
+                pending += futures[future]["stat"][2] + 4096
+                if pending > 256 << 20:  # commit every ~256 MiB of hashing or so
+                    conn.commit()
+                    pending = 0
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            conn.commit()
+    summary["errors"] = len(summary["error_files"])
+    return summary
+
+
+def _update(conn: Any, file_id: int, values: dict[str, Any]) -> None:
+    assignments = ", ".join(f"[{column}] = ?" for column in values)
+    conn.execute(f"UPDATE files SET {assignments} WHERE id = ?", (*values.values(), file_id))
+
+
+def _insert(conn: Any, table: str, values: dict[str, Any], replace: bool = False) -> int:
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    names = ", ".join(f"[{column}]" for column in values)
+    marks = ", ".join("?" for _ in values)
+    return conn.execute(f"{verb} INTO [{table}] ({names}) VALUES ({marks})", tuple(values.values())).lastrowid
+
+
+def _record(conn: Any, job: dict[str, Any], future: Any, summary: dict[str, Any]) -> None:
+    path, file_id = job["path"], job["id"]
+    try:
+        facts = future.result()
+    except StillWritten:
+        summary["skipped"] += 1
+        summary["growing"].append(path)
+        log.warning("skipped, %s: %s", GROWING_ERROR, path)
+        _update(conn, file_id, {"error": GROWING_ERROR, "_hashed_at": None})
+        return
+    except Exception as exc:  # one unreadable file must not stop the scan
+        summary["error_files"].append(path)
+        log.info("cannot hash %s: %s", path, exc)
+        message = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        _update(conn, file_id, {"error": f"cannot hash: {message}", "_hashed_at": None})
+        return
+    info = facts.pop("model_info")
+    facts["_hashed_at"] = utc_now()
+    _update(conn, file_id, facts)
+    summary["hashed_bytes"] += job["stat"][2]
+    conn.execute("DELETE FROM model_info WHERE file_id = ?", (file_id,))
+    if info:
+        _insert(conn, "model_info", model_info_row(file_id, info), replace=True)
+    if facts["error"]:
+        summary["error_files"].append(path)
+        log.info("%s: %s", path, facts["error"])
