@@ -1,0 +1,184 @@
+"""Datasette plugin: Civitai-compatible API routes answered from the mirror, and offline previews.
+
+Routes (Civitai's JSON shapes, see mirror.api):
+
+* ``GET /api/v1/models/{id}``
+* ``GET /api/v1/models?ids=1,2,3`` (also ``types``, ``username``, ``baseModels``, ``limit``, ``page``)
+* ``GET /api/v1/model-versions/{id}``
+* ``GET /api/v1/model-versions/by-hash/{hash}`` (any hash type, through mirror.lookup)
+* ``POST /api/v1/model-versions/by-hash`` (JSON array of ≤100 SHA256; one answer per matched file)
+* ``GET /-/civitai-images/images/<block>/<file>``: a preview image saved by ``crawl --images``
+
+Not found is 404 with Civitai's body; bad input is 400 ``{"error": "..."}``.
+``civitai-mirror serve`` registers this module; configuration (optional) under
+``plugins: civitai-mirror:`` in the metadata: ``database`` (default: the one with ``file_hashes``)
+and ``dump_dir`` (default: the dump the database was built from, kept in ``_build_info``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import markupsafe
+from datasette import hookimpl
+from datasette.utils.asgi import Response, asgi_send_file
+
+from mirror import api
+
+PLUGIN = "civitai-mirror"
+_LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.[A-Za-z0-9]+$")
+
+
+def _civitai_db(datasette):
+    config = datasette.plugin_config(PLUGIN) or {}
+    name = config.get("database")
+    if name:
+        return datasette.get_database(name)
+    if "civitai" in datasette.databases:
+        return datasette.get_database("civitai")
+    for db in datasette.databases.values():
+        if getattr(db, "_civitai_mirror", False):
+            return db
+    return None
+
+
+async def _find_db(datasette):
+    db = _civitai_db(datasette)
+    if db is not None:
+        return db
+    for db in datasette.databases.values():
+        if db.is_memory:
+            continue
+        if await db.table_exists("file_hashes"):
+            db._civitai_mirror = True
+            return db
+    return None
+
+
+def _error(message: str, status: int) -> Response:
+    return Response.json({"error": message}, status=status)
+
+
+async def _run(datasette, fn):
+    db = await _find_db(datasette)
+    if db is None:
+        return _error("No civitai mirror database is being served", 500)
+    try:
+        return await db.execute_fn(fn)
+    except api.BadRequest as exc:
+        return _error(str(exc), 400)
+
+
+async def model_view(datasette, request):
+    try:
+        model_id = api.parse_id(request.url_vars["id"])
+    except api.BadRequest as exc:
+        return _error(str(exc), 400)
+
+    def fn(conn):
+        body = api.model_response(conn, model_id)
+        if body is None:
+            return _error(f"No model with id {model_id}", 404)
+        return Response.json(body)
+    return await _run(datasette, fn)
+
+
+async def models_view(datasette, request):
+    args = {k: request.args.get(k) for k in request.args.keys()}
+    base = f"{request.scheme}://{request.host}"
+
+    def fn(conn):
+        return Response.json(api.models_list(conn, args, base))
+    return await _run(datasette, fn)
+
+
+async def version_view(datasette, request):
+    try:
+        version_id = api.parse_id(request.url_vars["id"])
+    except api.BadRequest as exc:
+        return _error(str(exc), 400)
+
+    def fn(conn):
+        body = api.version_response(conn, version_id)
+        if body is None:
+            return _error("Model not found", 404)
+        return Response.json(body)
+    return await _run(datasette, fn)
+
+
+async def by_hash_view(datasette, request):
+    value = request.url_vars["hash"]
+
+    def fn(conn):
+        body = api.version_by_hash(conn, value)
+        if body is None:
+            return _error("Model not found", 404)
+        return Response.json(body)
+    return await _run(datasette, fn)
+
+
+async def by_hash_post_view(datasette, request):
+    if request.method != "POST":
+        return _error("Use POST with a JSON array of SHA256 hashes", 405)
+    try:
+        body = json.loads((await request.post_body()) or b"null")
+    except ValueError:
+        return _error("body must be a JSON array of SHA256 hashes", 400)
+
+    def fn(conn):
+        return Response.json(api.versions_by_hashes(conn, body))
+    return await _run(datasette, fn)
+
+
+async def _dump_dir(datasette) -> Path | None:
+    config = datasette.plugin_config(PLUGIN) or {}
+    if config.get("dump_dir"):
+        return Path(config["dump_dir"])
+    db = await _find_db(datasette)
+    if db is None or not await db.table_exists("_build_info"):
+        return None
+    row = (await db.execute("SELECT value FROM _build_info WHERE key = 'dump_dir'")).first()
+    return Path(row[0]) if row else None
+
+
+async def image_view(datasette, request, send):
+    rel = request.url_vars["path"]
+    dump = await _dump_dir(datasette)
+    if not _LOCAL_IMAGE.match(rel) or dump is None:
+        await _error("Image not found", 404).asgi_send(send)
+        return
+    path = (dump / rel).resolve()
+    if dump.resolve() not in path.parents or not path.is_file():
+        await _error("Image not found", 404).asgi_send(send)
+        return
+    await asgi_send_file(send, str(path), headers={"Cache-Control": "max-age=86400"})
+
+
+@hookimpl
+def register_routes(datasette):
+    return [
+        (r"^/api/v1/models/(?P<id>[^/]+)$", model_view),
+        (r"^/api/v1/models/?$", models_view),
+        (r"^/api/v1/model-versions/by-hash/?$", by_hash_post_view),
+        (r"^/api/v1/model-versions/by-hash/(?P<hash>[^/]+)$", by_hash_view),
+        (r"^/api/v1/model-versions/(?P<id>[^/]+)$", version_view),
+        (r"^/-/civitai-images/(?P<path>.+)$", image_view),
+    ]
+
+
+@hookimpl
+def skip_csrf(datasette, scope):
+    # Tools POST hashes without Datasette's CSRF cookie, as they do to civitai.com.
+    return scope.get("path", "").startswith("/api/v1/")
+
+
+@hookimpl
+def render_cell(value, column, table, database, datasette):
+    if table == "images" and column == "local_path" and isinstance(value, str) \
+            and _LOCAL_IMAGE.match(value):
+        src = datasette.urls.path(f"/-/civitai-images/{value}")
+        return markupsafe.Markup(
+            '<a href="{src}"><img src="{src}" loading="lazy" alt="{alt}" '
+            'style="max-width:160px;max-height:160px"></a>').format(src=src, alt=value)
+    return None

@@ -1,0 +1,75 @@
+"""Datasette over civitai.sqlite (immutable) and, optionally, library.sqlite (read-only).
+
+``make_datasette`` is what ``civitai-mirror serve`` runs and what the tests use in-process: it loads
+``datasette_metadata.yml`` (Datasette 0.65 format), names the databases ``civitai`` and ``library``
+whatever their file names, and registers the plugin in mirror.plugin.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = Path(__file__).resolve().parent.parent / "datasette_metadata.yml"
+
+
+def load_metadata(path: Path | None = None) -> dict[str, Any]:
+    path = path or METADATA_FILE
+    if not path.exists():
+        log.warning("no %s; serving without table descriptions", path)
+        return {"title": "civitai-mirror"}
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh) or {}
+
+
+def register_plugin() -> None:
+    from datasette.plugins import pm
+
+    from mirror import plugin
+
+    if not pm.is_registered(plugin):
+        pm.register(plugin, name="civitai-mirror")
+
+
+def find_library(db_path: Path, library: str | Path | None) -> Path | None:
+    """``--library`` when given, else ``library.sqlite`` beside the mirror database, else None."""
+    if library is not None:
+        return Path(library)
+    beside = Path(db_path).resolve().parent / "library.sqlite"
+    return beside if beside.exists() else None
+
+
+def make_datasette(db_path: str | Path, library: str | Path | None = None,
+                   dump_dir: str | Path | None = None, metadata: dict | None = None):
+    """A ready Datasette instance; call ``invoke_startup`` (or use ``.client``) before serving."""
+    from datasette.app import Datasette
+    from datasette.database import Database
+
+    register_plugin()
+    meta = copy.deepcopy(metadata if metadata is not None else load_metadata())
+    plugin_config = meta.setdefault("plugins", {}).setdefault("civitai-mirror", {})
+    plugin_config["database"] = "civitai"
+    if dump_dir is not None:
+        plugin_config["dump_dir"] = str(Path(dump_dir).resolve())
+    ds = Datasette([], metadata=meta, settings={"sql_time_limit_ms": 3000})
+    if "_memory" in ds.databases:  # Datasette adds it when started without files
+        ds.remove_database("_memory")
+    ds.add_database(Database(ds, path=str(Path(db_path).resolve()), is_mutable=False), name="civitai")
+    if library is not None:
+        ds.add_database(Database(ds, path=str(Path(library).resolve()), is_mutable=True),
+                        name="library")
+    return ds
+
+
+def run_server(ds, host: str, port: int) -> None:
+    import asyncio
+
+    import uvicorn
+
+    asyncio.run(ds.invoke_startup())
+    uvicorn.run(ds.app(), host=host, port=port, log_level="warning", lifespan="on", workers=1)
