@@ -9,20 +9,339 @@ import click
 
 # ---- scan / hash / dfsn ------------------------------------------------------
 
+def _setup_logging(verbose: bool) -> None:
+    import logging
+    import sys
+
+    level = logging.INFO if verbose else logging.WARNING
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s")
+    root.setLevel(min(root.level, level) if root.handlers and verbose else level)
+
+
+def _byte_progress(description: str):
+    """A rich progress bar on stderr with bytes/s and ETA, or a no-op when stderr is not a terminal."""
+    import contextlib
+    import sys
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(description, total=None)
+
+            def update(advance: int = 0, total: int | None = None) -> None:
+                if total is not None:
+                    progress.update(task, total=total)
+                if advance:
+                    progress.advance(task, advance)
+            yield update
+
+    return bar()
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
 @click.command(name="scan")
-def scan() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'scan' is not built yet")
+@click.argument("directories", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--db", "db_path", type=click.Path(dir_okay=False),
+              help="library.sqlite to write (default: config database_path, else library.sqlite).")
+@click.option("--force-rescan", is_flag=True, help="Hash every file again, ignoring the cache.")
+@click.option("--max-file-size", metavar="BYTES",
+              help="Record but do not hash larger files (e.g. 10GiB; default: config, else 10 GiB).")
+@click.option("--one-reader", is_flag=True, help="Hash one file at a time (spinning disks, NAS).")
+@click.option("--workers", type=click.IntRange(min=1), help="Files hashed at once (default: CPU cores).")
+@click.option("--no-extract", is_flag=True, help="Do not extract image metadata after the scan.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="config.ini to read (default: $CIVITAI_MIRROR_CONFIG or ./config.ini).")
+@click.option("--verbose", "-v", is_flag=True, default=None, help="Log every move, skip and error.")
+def scan(directories, db_path, force_rescan, max_file_size, one_reader, workers, no_extract, as_json,
+         config_path, verbose) -> None:
+    """Walk DIRECTORIES into library.sqlite: every file, its kind, and Civitai's hashes.
+
+    Model files get SHA256, AutoV1, AutoV2, AutoV3, CRC32 and BLAKE3 in one read pass plus their
+    type and base model; media get SHA256 and size. Unchanged files are not read again, and moved
+    or renamed files keep their hashes. With no DIRECTORIES, config.ini's source_directory is used.
+
+    \b
+    Example:
+        civitai-mirror scan ~/models ~/outputs --db library.sqlite
+        civitai-mirror scan /mnt/nas/models --one-reader --json
+    """
+    import json
+    import logging
+    import os
+
+    from matcher.config import load_config, parse_size, resolve
+    from matcher.scan import scan_library
+    from matcher.schema import open_library
+
+    config = load_config(config_path)
+    _setup_logging(bool(resolve(verbose, config.verbose)))
+    log = logging.getLogger("matcher.scan")
+    roots = list(directories) or config.source_directory
+    if not roots:
+        raise click.ClickException("name a directory to scan (or set source_directory in config.ini)")
+    for root in roots:
+        if not os.path.isdir(root):
+            raise click.ClickException(f"{root} is not a directory")
+    try:
+        limit = parse_size(max_file_size) if max_file_size is not None else config.max_file_size
+    except ValueError as exc:
+        raise click.ClickException(f"--max-file-size: {exc}") from None
+    db = open_library(resolve(db_path, config.database_path))
+    with _byte_progress("hashing") as progress:
+        summary = scan_library(db, roots, force_rescan=force_rescan, max_file_size=limit,
+                               one_reader=one_reader, workers=workers, progress=progress)
+    if not no_extract:
+        try:
+            from matcher.media import extract_library
+        except ImportError as exc:  # media extraction not built yet
+            log.debug("image metadata extraction unavailable: %s", exc)
+        else:
+            try:
+                summary["extracted"] = extract_library(db, force=force_rescan, progress=None)
+            except Exception as exc:  # the scan itself is saved; say what failed
+                log.error("image metadata extraction failed: %s", exc)
+                summary["extract_error"] = str(exc)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    for move in summary["moves"]:
+        click.echo(f"moved: {move['from']} -> {move['to']}")
+    for path in summary["growing"]:
+        click.echo(f"skipped (still being written): {path}")
+    for path in summary["error_files"]:
+        row = db.execute("SELECT error FROM files WHERE path = ?", [os.path.abspath(path)]).fetchone()
+        click.echo(f"error: {path}: {row[0] if row else 'unknown error'}")
+    click.echo(
+        f"{summary['files']} files: {summary['new']} new, {summary['changed']} changed, "
+        f"{summary['moved']} moved, {summary['unchanged']} unchanged, {summary['missing']} missing; "
+        f"hashed {_human_bytes(summary['hashed_bytes'])}; {summary['skipped']} skipped; "
+        f"{summary['errors']} errors")
+
 
 @click.command(name="hash")
-def hash_files() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'hash' is not built yet")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="config.ini to read (default: $CIVITAI_MIRROR_CONFIG or ./config.ini).")
+@click.option("--verbose", "-v", is_flag=True, default=None, help="Log what is read.")
+def hash_files(files, as_json, config_path, verbose) -> None:
+    """Print Civitai's hashes of FILES (one read pass each), no database.
 
-@click.command(name="dfsn")
+    AutoV1 is null under 2 MiB as in Civitai's table; AutoV3 is the 12-hex form Civitai shows,
+    AutoV3_full the whole sha256 after the safetensors header.
+
+    \b
+    Example:
+        civitai-mirror hash model.safetensors
+        civitai-mirror hash *.safetensors --json
+    """
+    import json
+    import os
+
+    from matcher.config import load_config, resolve
+    from matcher.scan import describe_file
+
+    config = load_config(config_path)
+    _setup_logging(bool(resolve(verbose, config.verbose)))
+    keys = ("SHA256", "AutoV1", "AutoV2", "AutoV3", "AutoV3_full", "CRC32", "BLAKE3")
+    columns = {"SHA256": "sha256", "AutoV1": "autov1", "AutoV2": "autov2", "AutoV3": "autov3",
+               "AutoV3_full": "autov3_full", "CRC32": "crc32", "BLAKE3": "blake3"}
+    failed = 0
+    for path in files:
+        try:
+            facts = describe_file(os.path.abspath(path), all_hashes=True)
+        except OSError as exc:
+            failed += 1
+            click.echo(f"error: {path}: {exc.strerror or exc}", err=True)
+            continue
+        record = {"path": os.path.abspath(path), "kind": facts["kind"], "format": facts["format"],
+                  "model_type": facts["model_type"], "base_model": facts["base_model"],
+                  **{key: facts[columns[key]] for key in keys}, "AutoV1_A1111": facts["autov1_a1111"],
+                  "error": facts["error"]}
+        if as_json:
+            click.echo(json.dumps(record, ensure_ascii=False))
+            continue
+        what = facts["kind"] + (f" ({facts['format']})" if facts["format"] else "")
+        if facts["model_type"]:
+            what += f", {facts['model_type']}" + (f", {facts['base_model']}" if facts["base_model"] else "")
+        click.echo(f"{path}: {what}")
+        for key in keys:
+            click.echo(f"  {key:<12} {record[key] or '-'}")
+        if facts["error"]:
+            click.echo(f"  error        {facts['error']}")
+    if failed:
+        raise click.ClickException(f"{failed} file(s) could not be read")
+
+
+def _meta_from_options(sets, meta_file) -> dict:
+    import json
+
+    metadata: dict = {}
+    if meta_file:
+        try:
+            with open(meta_file, encoding="utf-8") as handle:
+                metadata = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"--meta-file {meta_file}: {exc}") from None
+        if not isinstance(metadata, dict):
+            raise click.ClickException(f"--meta-file {meta_file}: must hold a JSON object")
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.ClickException(f"--set {item!r}: use KEY=VALUE")
+        try:
+            metadata[key] = json.loads(value)
+        except ValueError:
+            metadata[key] = value
+    return metadata
+
+
+def _dfsn_call(function, *args, **kwargs):
+    from matcher.dfsn import DfsnError
+
+    try:
+        return function(*args, **kwargs)
+    except DfsnError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+
+
+@click.group(name="dfsn")
 def dfsn() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'dfsn' is not built yet")
+    """DFSN containers: a model plus editable JSON metadata (little-endian header, model at 0x200100).
+
+    \b
+    Example:
+        civitai-mirror dfsn pack model.safetensors model.dfsn --set name="My LoRA"
+        civitai-mirror dfsn info model.dfsn
+        civitai-mirror dfsn verify model.dfsn
+    """
+
+
+@dfsn.command(name="pack")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A metadata field (VALUE may be JSON).")
+@click.option("--meta-file", type=click.Path(dir_okay=False), help="A JSON file with the metadata.")
+def dfsn_pack(model, out, sets, meta_file) -> None:
+    """Write OUT, a new .dfsn holding MODEL (safetensors or ckpt) and metadata.
+
+    \b
+    Example:
+        civitai-mirror dfsn pack lora.safetensors lora.dfsn --set trigger=wlop
+    """
+    from matcher.dfsn import pack
+
+    header = _dfsn_call(pack, model, out, _meta_from_options(sets, meta_file))
+    click.echo(f"{out}: {header['type']}, SHA256 {header['sha256']}")
+
+
+@dfsn.command(name="unpack")
+@click.argument("container", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--no-verify", is_flag=True, help="Do not check the model against the header's SHA256.")
+def dfsn_unpack(container, out, no_verify) -> None:
+    """Write OUT, a new file with the model inside CONTAINER, checked against its SHA256.
+
+    \b
+    Example:
+        civitai-mirror dfsn unpack lora.dfsn lora.safetensors
+    """
+    from matcher.dfsn import unpack
+
+    header = _dfsn_call(unpack, container, out, verify=not no_verify)
+    click.echo(f"{out}: {header['model_size']} bytes, SHA256 {header['sha256']}")
+
+
+@dfsn.command(name="info")
+@click.argument("container", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the header and metadata as one JSON object.")
+def dfsn_info(container, as_json) -> None:
+    """Show a DFSN header and its metadata (the SHA256 is as stored, not verified).
+
+    \b
+    Example:
+        civitai-mirror dfsn info lora.dfsn --json
+    """
+    import json
+
+    from matcher.dfsn import read_header
+
+    header = _dfsn_call(read_header, container)
+    if as_json:
+        click.echo(json.dumps(header, ensure_ascii=False))
+        return
+    click.echo(f"type: {header['type']}\nSHA256 (from header): {header['sha256']}\n"
+               f"model: {header['model_size']} bytes at {header['model_offset']:#x}\n"
+               f"metadata: {json.dumps(header['metadata'], ensure_ascii=False, indent=2)}")
+
+
+@dfsn.command(name="set-meta")
+@click.argument("container", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Set one field (VALUE may be JSON).")
+@click.option("--unset", multiple=True, metavar="KEY", help="Remove one field.")
+@click.option("--meta-file", type=click.Path(dir_okay=False), help="Replace the metadata with this JSON file.")
+def dfsn_set_meta(container, sets, unset, meta_file) -> None:
+    """Edit CONTAINER's metadata in place; the model bytes and their hash do not change.
+
+    \b
+    Example:
+        civitai-mirror dfsn set-meta lora.dfsn --set description="v2, retrained" --unset draft
+    """
+    from matcher.dfsn import read_header, set_meta
+
+    metadata = _meta_from_options(sets, meta_file) if meta_file else {
+        **_dfsn_call(read_header, container)["metadata"], **_meta_from_options(sets, None)}
+    for key in unset:
+        metadata.pop(key, None)
+    header = _dfsn_call(set_meta, container, metadata)
+    click.echo(f"{container}: metadata has {len(header['metadata'])} fields")
+
+
+@dfsn.command(name="verify")
+@click.argument("containers", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+def dfsn_verify(containers, as_json) -> None:
+    """Re-hash the model inside each CONTAINER and compare with the header's SHA256.
+
+    \b
+    Example:
+        civitai-mirror dfsn verify lora.dfsn
+    """
+    import json
+
+    from matcher.dfsn import verify
+
+    bad = 0
+    for path in containers:
+        result = _dfsn_call(verify, path)
+        bad += not result["ok"]
+        if as_json:
+            click.echo(json.dumps({"path": path, "ok": result["ok"], "sha256": result["sha256"],
+                                   "computed_sha256": result["computed_sha256"], **result["hashes"]}))
+        else:
+            click.echo(f"{path}: {'OK' if result['ok'] else 'MISMATCH'} {result['computed_sha256']}")
+    if bad:
+        raise click.ClickException(f"{bad} container(s) do not match their header's SHA256")
+
 
 # ---- extract / inspect -------------------------------------------------------
 
