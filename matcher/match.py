@@ -52,6 +52,7 @@ BLURHASH_THRESHOLD = 0.02              # RMS distance of decoded components (lin
                                        # image re-encoded at another size scores < 0.01, others > 0.03
 BY_HASH_URL = "https://civitai.com/api/v1/model-versions/by-hash"
 MODEL_PAGE = "https://civitai.com/models/{model_id}?modelVersionId={version_id}"
+ONLINE_CLIENT_OPTIONS: dict[str, Any] = {}   # extra CivitaiClient options (tests: fewer retries)
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
 
 
@@ -925,7 +926,7 @@ async def _fetch_online(hashes: list[str], bases: list[str] | None) -> tuple[lis
     from crawler.api import fetch_model, fetch_versions_by_hash
     from crawler.client import CivitaiClient, host_of
 
-    async with CivitaiClient(bases) as client:
+    async with CivitaiClient(bases, **ONLINE_CLIENT_OPTIONS) as client:
         versions = await fetch_versions_by_hash(client, hashes)
         models = []
         for model_id in sorted({v.get("modelId") for v in versions if isinstance(v.get("modelId"), int)}):

@@ -447,3 +447,63 @@ def test_cli_match_json_pin_unpin(world, library):
     assert out.exit_code == 0 and "Unpinned" in out.output
     out = runner.invoke(cli, ["match", "--db", str(db_path), "--civitai-db", str(world["base"] / "nope.sqlite")])
     assert out.exit_code != 0 and "build" in out.output and "Traceback" not in out.output
+
+
+# ---- --online against the fake API --------------------------------------------------------
+
+from tests.fakeapi import fake_civitai, fake_civitai_factory  # noqa: E402,F401
+
+
+def _private_copy(world, tmp_path) -> tuple[Path, Path]:
+    import shutil
+
+    dump = tmp_path / "dump"
+    shutil.copytree(world["dump"], dump)
+    civitai = tmp_path / "civitai.sqlite"
+    build_mirror(dump, civitai)
+    return dump, civitai
+
+
+def test_online_looks_up_unknown_files_and_saves_them(world, library, tmp_path, fake_civitai):
+    db, db_path = library
+    dump, civitai = _private_copy(world, tmp_path)
+    mystery = world["hashes"]["mystery.safetensors"]
+    fake_civitai.add_models([civitai_model(1400, "Mystery Online", "LORA", [civitai_version(
+        1401, "v1", "2025-01-01T00:00:00.000Z",
+        [civitai_file(14010, "mystery.safetensors", mystery["size"], pick(mystery, "SHA256", "AutoV2"))])])])
+    runner = CliRunner()
+    args = ["match", "--db", str(db_path), "--civitai-db", str(civitai), "--online",
+            "--api-base", fake_civitai.api_base, "--dump", str(dump)]
+    out = runner.invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    assert "Online: looked up 3, found 1" in out.output      # mystery, unknown_name, crc_wrongsize
+    assert fake_civitai.count("/api/v1/model-versions/by-hash") == 1
+    rec = records(db)["mystery.safetensors"]
+    assert (rec["version_id"], rec["model_id"], rec["hash_type"]) == (1401, 1400, "SHA256")
+    assert "live API" in rec["reason"]
+    status = dict(db.execute("select f.path like '%mystery%', e.lookup_status from model_enrichment e "
+                             "join files f on f.id = e.file_id where e.source = 'api'").fetchall())
+    assert status == {1: "matched", 0: "not_found"}
+    # saved in the crawler's dump layout and built into the mirror: the next run finds it offline
+    assert json.loads((dump / "00000000" / "00001400.json").read_text())["id"] == 1400
+    assert "00001400" in (dump / "downloaded.txt").read_text()
+    fake_civitai.reset_counts()
+    match_library(db, civitai)
+    rec = records(db)["mystery.safetensors"]
+    assert (rec["version_id"], rec["hash_type"]) == (1401, "SHA256")
+    assert "live API" not in rec["reason"]
+    assert fake_civitai.count() == 0
+
+
+def test_online_network_error_is_audited(world, library, tmp_path, fake_civitai, monkeypatch):
+    import matcher.match as match_module
+
+    db, _ = library
+    _, civitai = _private_copy(world, tmp_path)
+    monkeypatch.setattr(match_module, "ONLINE_CLIENT_OPTIONS", {"retries": 0})
+    fake_civitai.script("/api/v1/model-versions/by-hash", [500])
+    summary = match_library(db, civitai, online=True, api_base=fake_civitai.api_base)
+    assert summary["online_errors"] == 3 and summary["online_found"] == 0
+    statuses = {r[0] for r in db.execute("select lookup_status from model_enrichment where source = 'api'")}
+    assert statuses == {"error_network"}
+    assert records(db)["mystery.safetensors"]["version_id"] is None
