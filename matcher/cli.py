@@ -466,22 +466,278 @@ def unpin(file: str, db_path: str) -> None:
 
 # ---- sort / undo / runs / legacy ----------------------------------------------
 
+def _sort_settings(config_path: str | None, db_path: str | None, civitai_db: str | None, dest: str | None):
+    from matcher.config import load_config, resolve
+
+    config = load_config(config_path)
+    return (config, resolve(db_path, config.database_path), resolve(civitai_db, config.civitai_database_path),
+            resolve(dest, config.destination_directory))
+
+
+def _open_sort_db(db_path: str, must_exist: bool = True):
+    import os
+
+    from matcher.schema import open_library
+
+    if must_exist and not os.path.exists(db_path):
+        raise click.ClickException(f"{db_path} does not exist; run `civitai-mirror scan DIR --db {db_path}` first")
+    return open_library(db_path)
+
+
+def _short(path: str, base: str) -> str:
+    import os
+
+    try:
+        rel = os.path.relpath(path, base)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+def _print_plan(plan, show_ignored: bool = False) -> None:
+    import os
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    sources = [os.path.dirname(m.source) for m in plan.moves]
+    base = os.path.commonpath(sources) if sources else plan.dest
+    table = Table(f"Source (in {base})", "→", f"Destination (in {plan.dest})", "Why",
+                  title="Sort plan")
+    for move in plan.moves:
+        table.add_row(_short(move.source, base), "→", _short(move.destination, plan.dest), move.role)
+    if plan.moves:
+        console.print(table)
+    if show_ignored:
+        for item in plan.ignored:
+            console.print(f"ignored: {item.path} ({item.reason})", markup=False)
+    summary = plan.summary()
+    reasons = Counter(i.reason.split(":")[0] for i in plan.ignored)
+    console.print(f"{summary['moves']} to move ({summary['bytes']:,} bytes), {summary['in_place']} already in place, "
+                  f"{summary['ignored']} left in place"
+                  + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common(4)) + ")" if reasons else ""),
+                  markup=False)
+
+
+def _apply_with_progress(db, plan):
+    import sys
+
+    from rich.progress import Progress
+
+    from matcher.sort import apply_plan
+
+    with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
+        task = bar.add_task("moving", total=len(plan.moves))
+        return apply_plan(db, plan, progress=lambda row: bar.advance(task))
+
+
+def _echo_run(summary: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["journal"].items()))
+    click.echo(f"run {summary['run_id']}: {summary['state']} ({counts or 'nothing'})")
+    for item in summary.get("refused", []):
+        click.echo(f"refused: {item['destination']}: {item['reason']}")
+
+
 @click.command(name="sort")
-def sort() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'sort' is not built yet")
+@click.option("--dest", type=click.Path(file_okay=False), help="Root of the sorted tree (config: destination_directory).")
+@click.option("--dry-run", is_flag=True, help="Print the Source → Destination table and a summary; move nothing.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="library.sqlite (config: database_path).")
+@click.option("--civitai-db", type=click.Path(dir_okay=False),
+              help="civitai.sqlite (config: civitai_database_path); sort reads the matches already stored.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan as JSON to this file.")
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
+              help="Apply a plan saved earlier with --save-plan instead of computing one.")
+@click.option("--resume", is_flag=True, help="Only finish the runs a crash left unfinished.")
+@click.option("--rollback", is_flag=True, help="With --resume: put the files of unfinished runs back instead.")
+@click.option("--show-ignored", is_flag=True, help="List the files left in place and why.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per planned move (dry-run) or the run summary.")
+def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, resume, rollback, show_ignored,
+         as_json) -> None:
+    """Sort matched models and media into DEST/models/<type>/<base model>/<model name>/.
+
+    Every move is journaled before it happens and can be undone with `civitai-mirror undo`.
+    Unmatched files stay where they are. A run interrupted by a crash is finished automatically
+    by the next sort or undo (or now with --resume; --resume --rollback puts files back).
+
+    \b
+    Example:
+        civitai-mirror sort --dest ~/sd/sorted --dry-run
+        civitai-mirror sort --dest ~/sd/sorted --db library.sqlite
+        civitai-mirror sort --resume
+    """
+    import json
+    from pathlib import Path
+
+    from matcher.sort import Plan, plan_moves, recover_runs
+
+    config, db_path, civitai_db, dest = _sort_settings(config_path, db_path, civitai_db, dest)
+    db = _open_sort_db(db_path)
+    if resume or rollback:
+        for summary in recover_runs(db, rollback=rollback) or []:
+            _echo_run(summary, as_json)
+        if not as_json:
+            click.echo("nothing left to recover" if not db.execute(
+                "select count(*) from runs where state in ('running', 'interrupted')").fetchone()[0]
+                else "some runs are still running in another process")
+        return
+    if plan_file:
+        plan = Plan.from_json(Path(plan_file).read_text(encoding="utf-8"))
+    else:
+        if not dest:
+            raise click.ClickException("where to? give --dest DIR (or destination_directory in config.ini)")
+        plan = plan_moves(db, dest, config)
+    if save_plan:
+        tmp = Path(str(save_plan) + ".part")
+        tmp.write_text(plan.to_json(), encoding="utf-8")
+        tmp.replace(save_plan)
+    if dry_run:
+        if as_json:
+            for move in plan.moves:
+                click.echo(json.dumps({"source": move.source, "destination": move.destination, "role": move.role,
+                                       "reason": move.reason, "state": "planned"}))
+            for item in plan.ignored:
+                click.echo(json.dumps({"source": item.path, "destination": None, "role": "ignored",
+                                       "reason": item.reason, "state": "ignored"}))
+        else:
+            _print_plan(plan, show_ignored)
+        return
+    if not as_json:
+        _print_plan(plan, show_ignored)
+    _echo_run(_apply_with_progress(db, plan), as_json)
+
 
 @click.command(name="undo")
-def undo() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'undo' is not built yet")
+@click.argument("run_id", required=False)
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="library.sqlite (config: database_path).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as one JSON object.")
+def undo(run_id, db_path, config_path, as_json) -> None:
+    """Move a sort run's files back (default: the latest run not yet undone).
+
+    Each file is checked first (size + SHA256 as journaled, old place free); a changed file is
+    refused and the rest are restored. Run it again after fixing what was refused.
+
+    \b
+    Example:
+        civitai-mirror undo
+        civitai-mirror undo 20261122T010203Z-1a2b3c --db library.sqlite
+    """
+    from matcher.sort import undo_run
+
+    _, db_path, _, _ = _sort_settings(config_path, db_path, None, None)
+    db = _open_sort_db(db_path)
+    try:
+        summary = undo_run(db, run_id)
+    except LookupError as exc:
+        raise click.ClickException(f"{exc} (see `civitai-mirror runs`)") from None
+    _echo_run(summary, as_json)
+    if summary.get("refused"):
+        raise SystemExit(1)
+
 
 @click.command(name="runs")
-def runs() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'runs' is not built yet")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="library.sqlite (config: database_path).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def runs(db_path, config_path, as_json) -> None:
+    """List sort runs, newest first, with how many files each moved, undid or refused.
+
+    \b
+    Example:
+        civitai-mirror runs
+        civitai-mirror runs --json --db library.sqlite
+    """
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from matcher.sort import list_runs
+
+    _, db_path, _, _ = _sort_settings(config_path, db_path, None, None)
+    found = list_runs(_open_sort_db(db_path))
+    if as_json:
+        for run in found:
+            click.echo(json.dumps(run))
+        return
+    if not found:
+        click.echo("no sort runs yet")
+        return
+    table = Table("run", "state", "started", "dest", "files")
+    for run in found:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(run["journal"].items()))
+        table.add_row(run["run_id"], run["state"], run["started_at"], run["dest"], counts)
+    Console(highlight=False).print(table)
+
 
 @click.command(name="legacy")
-def legacy() -> None:
-    """(Not built yet.)"""
-    raise click.ClickException("'legacy' is not built yet")
+@click.option("--scan-directory", "scan_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Folder to scan (repeatable; config: source_directory).")
+@click.option("--extract-metadata", is_flag=True, help="Read generation parameters out of the media files.")
+@click.option("--process-orphaned", is_flag=True, help="Also sort media not next to a model (by the models they used).")
+@click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
+@click.option("--force-rescan", is_flag=True, help="Hash every file again.")
+@click.option("--verbose", is_flag=True, help="More log output.")
+@click.option("--dest", type=click.Path(file_okay=False), help="config: destination_directory.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="config: database_path.")
+@click.option("--civitai-db", type=click.Path(dir_okay=False), help="config: civitai_database_path.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+def legacy(scan_dirs, extract_metadata, process_orphaned, dry_run, force_rescan, verbose, dest, db_path, civitai_db,
+           config_path) -> None:
+    """file_scanner.py's flags on one command: scan → extract → match → sort.
+
+    Without --process-orphaned only models move (with their sidecars and the media beside them).
+
+    \b
+    Example:
+        civitai-mirror legacy --scan-directory ~/sd/models --extract-metadata --process-orphaned --dry-run
+    """
+    import importlib
+    import logging
+    import os
+
+    from matcher.sort import plan_moves
+
+    config, db_path, civitai_db, dest = _sort_settings(config_path, db_path, civitai_db, dest)
+    if verbose or config.verbose:
+        logging.basicConfig(level=logging.INFO)
+    roots = list(scan_dirs) or config.source_directory
+    if not dest:
+        raise click.ClickException("where to? give --dest DIR (or destination_directory in config.ini)")
+
+    def step(module: str, name: str):
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            raise click.ClickException(f"this step is not available yet ({module}.{name} is missing)") from None
+
+    db = _open_sort_db(db_path, must_exist=bool(not roots))
+    if roots:
+        for root in roots:
+            if not os.path.isdir(root):
+                raise click.ClickException(f"{root} is not a folder")
+        summary = step("matcher.scan", "scan_library")(db, roots, force_rescan=force_rescan,
+                                                       max_file_size=config.max_file_size)
+        click.echo(f"scan: {summary.get('files', 0)} files, {summary.get('new', 0)} new, "
+                   f"{summary.get('errors', 0)} errors")
+    if extract_metadata:
+        summary = step("matcher.media", "extract_library")(db, force=force_rescan)
+        click.echo("extract: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int)))
+    if os.path.exists(civitai_db):
+        summary = step("matcher.match", "match_library")(db, civitai_db)
+        click.echo(f"match: {summary.get('models_matched', 0)}/{summary.get('models', 0)} models, "
+                   f"{summary.get('images_matched', 0)}/{summary.get('images', 0)} images")
+    else:
+        click.echo(f"match: skipped ({civitai_db} does not exist; build it with `civitai-mirror build`)")
+    plan = plan_moves(db, dest, config, include_media=process_orphaned)
+    _print_plan(plan)
+    if not dry_run:
+        _echo_run(_apply_with_progress(db, plan), False)

@@ -136,6 +136,12 @@ def type_folders(config: Any = None) -> dict[str, str]:
     """
     folders = dict(DEFAULT_TYPE_FOLDERS)
     value = _cfg(config, "model_type_folders")
+    try:   # matcher.config's own default (file_scanner's list) means "not set": keep ours
+        from matcher.config import DEFAULT_MODEL_TYPE_FOLDERS, parse_model_type_folders
+        if value == parse_model_type_folders(DEFAULT_MODEL_TYPE_FOLDERS):
+            value = None
+    except ImportError:
+        pass
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
@@ -259,7 +265,8 @@ class _Unit:
 
 
 class _Planner:
-    def __init__(self, db: sqlite_utils.Database, dest: str, config: Any):
+    def __init__(self, db: sqlite_utils.Database, dest: str, config: Any, include_media: bool = True):
+        self.include_media = include_media
         self.dest = os.path.abspath(os.fspath(dest))
         self.folders = type_folders(config)
         self.use_type = _as_bool(_cfg(config, "use_model_type_subfolders"), True)
@@ -457,6 +464,8 @@ class _Planner:
         if len(here) == 1 and here[0]["id"] in self.targets:
             folder, key = self.targets[here[0]["id"]]
             return folder, key, f"next to {os.path.basename(here[0]['path'])}, the only model in its folder"
+        if not self.include_media:
+            return None
         resolved = [(res, rm) for res, rm in self.resources.get(f["id"], [])
                     if rm and rm.get("local_file_id") in self.targets
                     and (rm.get("confidence") is None or float(rm["confidence"]) >= MIN_CONFIDENCE)]
@@ -474,9 +483,15 @@ class _Planner:
         return None
 
 
-def plan_moves(db: sqlite_utils.Database, dest: str | os.PathLike, config: Any = None) -> Plan:
-    """Decide where every file of the library goes (see the module docstring). Moves nothing."""
-    return _Planner(db, os.fspath(dest), config).run()
+def plan_moves(db: sqlite_utils.Database, dest: str | os.PathLike, config: Any = None, *,
+               include_media: bool = True) -> Plan:
+    """Decide where every file of the library goes (see the module docstring). Moves nothing.
+
+    ``config`` is a ``matcher.config.Config`` or a dict with ``use_model_type_subfolders`` and
+    ``model_type_folders``. ``include_media=False`` (legacy without ``--process-orphaned``) sorts
+    models with their sidecars and neighbouring media only.
+    """
+    return _Planner(db, os.fspath(dest), config, include_media).run()
 
 
 # ---- moving files ------------------------------------------------------------------------------
