@@ -383,7 +383,10 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         version_rows.append({
             "id": vid, "model_id": model_id, "position": position,
             "name": version.get("name") or "", "base_model": version.get("baseModel") or "",
-            "published_at": iso_to_epoch(version.get("publishedAt")),
+            # 2023 answers have no publishedAt (the list held only published versions): createdAt
+            "published_at": iso_to_epoch(version.get("publishedAt")) or (
+                iso_to_epoch(version.get("createdAt"))
+                if version.get("status") in (None, "Published") else None),
             "data": _dumps(version),
             "created_at": _epoch(v_first), "updated_at": _epoch(v_last),
             "baseModelType": version.get("baseModelType"), "status": version.get("status"),
@@ -623,8 +626,10 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
 
 def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fresh: bool,
                progress: Callable[[int, int], None] | None) -> None:
-    known_sources = {path: (size, mtime_ns) for path, size, mtime_ns in
-                     conn.execute("SELECT path, size, mtime_ns FROM _sources")}
+    # files that failed last time are read again (the crawler may have finished them since)
+    known_sources = {path: (size, mtime_ns) if kind != "error" else None
+                     for path, size, mtime_ns, kind in
+                     conn.execute("SELECT path, size, mtime_ns, kind FROM _sources")}
     known_models = {row[0] for row in conn.execute("SELECT DISTINCT model_id FROM model_snapshots")}
     on_disk = list(iter_dump_files(dump))
     disk_paths = {rel for rel, _ in on_disk}
@@ -638,15 +643,15 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
         summary.files_removed = len(removed)
         for path in removed:
             ids = [r[0] for r in conn.execute(
-                "SELECT value FROM _sources, json_each(_sources.model_ids) WHERE path = ?", (path,))]
+                "SELECT j.value FROM _sources s, json_each(s.model_ids) j WHERE s.path = ?", (path,))]
             conn.execute("DELETE FROM model_snapshots WHERE path = ?", (path,))
             conn.execute("DELETE FROM _sources WHERE path = ?", (path,))
             deferred.update(ids)
             if ids:
                 marks = ",".join("?" * len(ids))
                 reread.update(r[0] for r in conn.execute(
-                    "SELECT DISTINCT path FROM _sources, json_each(_sources.model_ids) "
-                    f"WHERE value IN ({marks})", ids))
+                    "SELECT DISTINCT s.path FROM _sources s, json_each(s.model_ids) j "
+                    f"WHERE j.value IN ({marks})", ids))
 
     todo = [(rel, st) for rel, st in on_disk
             if rel in reread or known_sources.get(rel) != (st.st_size, st.st_mtime_ns)]

@@ -1,0 +1,206 @@
+"""civitai-mirror build: the dump fixture in tests/fixtures/dump, the real samples, incremental builds."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from crawler.main import cli
+from mirror.build import (build_mirror, derive_model, normalize_commercial_use, parse_document)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "dump"
+JAN_1 = 1767225600  # 2026-01-01T00:00:00Z
+
+
+def copy_dump(dest: Path) -> Path:
+    """The fixture dump in tmp, main files dated 2026-01-01 (side files carry their own UTC stamp)."""
+    shutil.copytree(FIXTURE, dest)
+    for path in dest.rglob("*.json"):
+        os.utime(path, (JAN_1, JAN_1))
+    return dest
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def built(tmp_path):
+    dump = copy_dump(tmp_path / "dump")
+    db = tmp_path / "civitai.sqlite"
+    summary = build_mirror(dump, db)
+    return dump, db, summary
+
+
+def test_build_summary_and_broken_file_reported(built):
+    dump, db, summary = built
+    assert (summary.models, summary.versions, summary.files, summary.hashes, summary.images) == (
+        8, 9, 10, 31, 4)
+    assert summary.errors == [("00000000/00000108.json",
+                               "broken JSON: unexpected end of data: line 1 column 29 (char 28)")]
+    assert summary.skipped == 1  # enums.json
+    assert summary.local_images == 2
+
+
+def test_models_rows_across_schema_generations(built):
+    _, db, _ = built
+    assert rows(db, "SELECT id, name, type, username, mode, _gone, _partial, _snapshots, "
+                    "allowCommercialUse, downloadCount, thumbsUpCount, tags, version_count "
+                    "FROM models ORDER BY id") == [
+        (101, "Detail Slider", "LORA", "alice", None, 0, 0, 1, '["Sell"]', 1200, None,
+         '["detail","slider","tool"]', 2),
+        (102, "Mix Checkpoint", "Checkpoint", None, None, 0, 0, 1, '["Image","RentCivit"]', None,
+         None, '["base model","anime"]', 1),
+        (103, "Reupload Of Slider", "LORA", "bob", None, 0, 0, 1, "[]", 3, 0, '["tool"]', 1),
+        (104, "Old Style", "LORA", "alice", "Archived", 0, 0, 2, '["Image","RentCivit"]', 51, 5,
+         '["style"]', 1),
+        (105, "Deleted Thing", "LORA", "alice", None, 1, 0, 2, '["Image","RentCivit"]', 50, 5, "[]", 1),
+        (106, "Listed One", "LORA", "bob", None, 0, 0, 1, "[]", 3, 0, '["listed"]', 1),
+        (107, "Listed Two", "LORA", "bob", None, 0, 0, 1, "[]", 3, 0, '["listed"]', 1),
+        (300, "Whimsy (Flux)", "LORA", None, None, 0, 1, 1, "[]", None, None, "[]", 1),
+    ]
+    # the community archive columns are filled the way Lora Manager reads them
+    data = json.loads(rows(db, "SELECT data FROM models WHERE id = 101")[0][0])
+    assert data["name"] == "Detail Slider" and "modelVersions" not in data
+    assert rows(db, "SELECT description_text FROM models WHERE id = 101") == [
+        ("Adds  detail  & texture.",)]
+    assert rows(db, "SELECT sha256, type FROM model_files WHERE id = 2021") == [("D4" * 32, "VAE")]
+
+
+def test_history_keeps_archived_files_findable(built):
+    _, db, _ = built
+    assert rows(db, "SELECT _first_seen, _last_seen FROM models WHERE id = 104") == [
+        ("2026-01-01T00:00:00Z", "2026-10-01T12:00:00Z")]
+    assert rows(db, "SELECT id, _archived FROM model_files WHERE model_id = 104") == [(2040, 1)]
+    assert rows(db, "SELECT * FROM archived_model_files") == [(2040, 104, 1040)]
+    assert rows(db, "SELECT type, hash FROM file_hashes WHERE file_id = 2040 ORDER BY type") == [
+        ("AutoV1", "C0FFEE00"), ("AutoV2", "C3" * 5), ("AutoV3", "AAAABBBBCCCC"),
+        ("BLAKE3", "EF" * 32), ("CRC32", "01020304"), ("SHA256", "C3" * 32)]
+    assert rows(db, "SELECT kind, mode, file_count, fetched_at FROM model_snapshots "
+                    "WHERE model_id = 104 ORDER BY fetched_at") == [
+        ("model", None, 1, "2026-01-01T00:00:00Z"),
+        ("model", "Archived", 0, "2026-10-01T12:00:00Z")]
+
+
+def test_versions_images_tags_creators(built):
+    _, db, _ = built
+    assert rows(db, "SELECT id, model_id, position, name, base_model, published_at FROM model_versions "
+                    "WHERE model_id IN (101, 300) ORDER BY id") == [
+        (1010, 101, 1, "v1", "SD 1.5", 1677664800),  # 2023 shape: createdAt stands in
+        (1011, 101, 0, "v2", "SD 1.5", 1682935200),
+        (3001, 300, 0, "v1.0", "Flux.1 D", 1736317734)]
+    assert rows(db, "SELECT id, version_id, nsfwLevel, nsfw, local_path, meta IS NOT NULL "
+                    "FROM images ORDER BY id") == [
+        (5001, 1011, None, "None", "images/00000000/5001.jpeg", 1),
+        (5002, 1020, 4, None, "images/00000000/5002.webp", 0),
+        (5003, 1030, 1, None, None, 0),
+        (6001, 3001, 1, None, None, 1)]
+    assert rows(db, "SELECT username, model_count FROM creators ORDER BY username") == [
+        ("alice", 3), ("bob", 3)]
+    assert rows(db, "SELECT t.name FROM models_tags mt JOIN tags t ON t.id = mt.tags_id "
+                    "WHERE mt.models_id = 101 ORDER BY t.name") == [("detail",), ("slider",), ("tool",)]
+    # full-text search over name, description text and tags
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'texture'") == [(101,)]
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'listed' ORDER BY rowid") == [
+        (106,), (107,)]
+
+
+def test_incremental_build_reads_only_new_files(built):
+    dump, db, _ = built
+    again = build_mirror(dump, db)
+    assert (again.files_read, again.models_rebuilt, again.files_unchanged) == (0, 0, 10)
+    assert len(again.errors) == 1  # the broken file is reported every time until fixed
+    # a new model, and a new side file for an existing one
+    new = json.loads((dump / "00000000/00000103.json").read_text())
+    new.update(id=109, name="Brand New")
+    new["modelVersions"][0].update(id=1090)
+    new["modelVersions"][0]["files"][0].update(id=2090, hashes={"SHA256": "09" * 32})
+    (dump / "00000000/00000109.json").write_text(json.dumps(new))
+    refreshed = json.loads((dump / "00000000/00000103.json").read_text())
+    refreshed["name"] = "Reupload Renamed"
+    (dump / "00000000/00000103.20261120T000000Z.json").write_text(json.dumps(refreshed))
+    (dump / "00000000/00000108.json").write_text(json.dumps({**new, "id": 108, "modelVersions": []}))
+    third = build_mirror(dump, db)
+    assert third.files_read == 3 and third.files_unchanged == 10 and third.errors == []
+    assert third.models_rebuilt == 3
+    assert rows(db, "SELECT id, name, _snapshots FROM models WHERE id IN (103, 108, 109) ORDER BY id") == [
+        (103, "Reupload Renamed", 2), (108, "Brand New", 1), (109, "Brand New", 1)]
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'renamed'") == [(103,)]
+    assert rows(db, "SELECT count(*) FROM models_fts WHERE models_fts MATCH 'reupload'") == [(1,)]
+    # removing a side file drops its snapshot; the model falls back to the remaining answer
+    (dump / "00000000/00000103.20261120T000000Z.json").unlink()
+    fourth = build_mirror(dump, db)
+    assert fourth.files_removed == 1
+    assert rows(db, "SELECT name, _snapshots FROM models WHERE id = 103") == [("Reupload Of Slider", 1)]
+
+
+def test_full_rebuild_equals_incremental(built, tmp_path):
+    dump, db, _ = built
+    result = CliRunner().invoke(cli, ["build", str(dump), "--db", str(db), "--full", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["models"], summary["files"], summary["hashes"]) == (8, 10, 31)
+    assert summary["errors"] == [{"path": "00000000/00000108.json",
+                                  "error": "broken JSON: unexpected end of data: line 1 column 29 (char 28)"}]
+    assert not (tmp_path / "civitai.sqlite.tmp").exists()
+
+
+def test_cli_build_text_and_missing_dump(tmp_path):
+    dump = copy_dump(tmp_path / "dump")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["build", str(dump), "--db", str(tmp_path / "c.sqlite")])
+    assert result.exit_code == 0
+    assert "8 models, 9 versions, 10 files, 31 hashes, 4 images (2 saved locally)" in result.stdout
+    assert "00000108.json: broken JSON" in result.stderr
+    missing = runner.invoke(cli, ["build", str(tmp_path / "nope"), "--db", str(tmp_path / "c.sqlite")])
+    assert missing.exit_code == 1
+    assert "dump folder" in missing.output and "Traceback" not in missing.output
+
+
+def test_parse_document_kinds():
+    snaps, skip = parse_document(b'{"error": "No model with id 5"}', "00000000/00000005.20261122T010203Z.json", 0)
+    assert (snaps[0].model_id, snaps[0].kind, snaps[0].fetched_at, skip) == (
+        5, "notfound", "2026-11-22T01:02:03Z", None)
+    snaps, skip = parse_document(b'{"ModelType": []}', "x.json", 0)
+    assert snaps == [] and skip
+    with pytest.raises(ValueError):
+        parse_document(b"<html>", "00000000/00000001.json", 0)
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("Sell", ["Sell"]), ("{Image,RentCivit}", ["Image", "RentCivit"]), (["Image"], ["Image"]),
+    ([], []), (None, []), ("None", []),
+])
+def test_commercial_use_every_generation(value, expected):
+    assert normalize_commercial_use(value) == expected
+
+
+def test_derive_model_without_usable_snapshot():
+    snaps, _ = parse_document(b'{"error": "No model with id 5"}', "00000000/00000005.json", 0)
+    assert derive_model(5, snaps) is None
+
+
+def test_build_real_samples(shared_dir, tmp_path):
+    """Every real sample shape builds; list pages count once per model; other shapes are skipped."""
+    dump = tmp_path / "dump"
+    (dump / "00000000").mkdir(parents=True)
+    for sample in sorted((shared_dir / "civitai-samples").glob("*.json")):
+        shutil.copy(sample, dump / "00000000" / sample.name)
+    db = tmp_path / "civitai.sqlite"
+    summary = build_mirror(dump, db)
+    assert summary.errors == []
+    assert summary.skipped == 2  # the enums answer and the CivArchive (not Civitai) answer
+    assert (summary.models, summary.versions, summary.files, summary.hashes) == (20, 138, 225, 1138)
+    assert rows(db, "SELECT mode, _partial FROM models WHERE id IN (1117241, 2004760) ORDER BY id") == [
+        (None, 1), (None, 1)]
+    # the 2026 array form, the 2023 string form
+    assert rows(db, "SELECT allowCommercialUse FROM models WHERE id IN (4437, 2833924) ORDER BY id") == [
+        ('["Sell"]',), ("[]",)]
+    assert rows(db, "SELECT version_id, model_id FROM file_hashes WHERE hash = '2C6C9B3E47'") == [
+        (5021, 4437)]
