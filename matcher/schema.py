@@ -52,7 +52,62 @@ SCAN_TABLES: dict[str, dict[str, Any]] = {
 }
 
 # ---- media metadata (generations, lora_usages, resources, media info) --------
-MEDIA_TABLES: dict[str, dict[str, Any]] = {}
+MEDIA_TABLES: dict[str, dict[str, Any]] = {
+    # One row per image/video with generation metadata (the spec §9 "models" table, named for what it holds).
+    # seed is INTEGER when it fits 64 bits; seed_text always keeps it exact.
+    "generations": {
+        "columns": {
+            "file_id": int, "generation_tool": str, "metadata_source": str,
+            "model_name": str, "model_hash_short": str, "steps": int, "sampler": str, "scheduler": str,
+            "cfg_scale": float, "seed": int, "seed_text": str, "subseed": int, "subseed_strength": float,
+            "clip_skip": int, "denoising_strength": float, "width": int, "height": int, "size_raw": str,
+            "hires_upscaler": str, "hires_steps": int, "hires_denoising": float, "hires_upscale": float,
+            "vae": str, "vae_hash": str, "refiner_model": str, "refiner_switch_at": float, "tiling": str,
+            "face_restoration": str, "version_tag": str, "generation_timestamp": str,
+            "positive_raw": str, "negative_raw": str, "positive_clean": str, "negative_clean": str,
+            "prompt_truncated": int, "params_json": str, "lora_count": int, "metadata_hash": str,
+            "_extracted_at": str,
+        },
+        "pk": "file_id",
+        "foreign_keys": [("file_id", "files", "id")],
+        "indexes": [["generation_tool"], ["model_name"], ["model_hash_short"], ["seed"], ["metadata_hash"]],
+        "fts": ["positive_clean", "negative_clean"],
+    },
+    # LoRA tags/loaders used by an image, in prompt order.
+    "lora_usages": {
+        "columns": {
+            "id": int, "file_id": int, "position": int, "name": str, "weight": float, "weight2": float,
+            "context": str, "kind": str,
+        },
+        "pk": "id",
+        "foreign_keys": [("file_id", "files", "id")],
+        "indexes": [["file_id", "position"], ["name"]],
+    },
+    # Every resource an image references (checkpoint, lora, embedding, vae, ...) with its hash for the matcher.
+    "resources": {
+        "columns": {
+            "id": int, "file_id": int, "position": int, "kind": str, "name": str, "hash": str,
+            "hash_kind": str, "weight": float, "version_id": int,
+        },
+        "pk": "id",
+        "foreign_keys": [("file_id", "files", "id")],
+        "indexes": [["file_id", "position"], ["hash"], ["name"], ["version_id"]],
+    },
+    # Per media file: blurhash, small WebP thumbnail, EXIF facts, extraction error, and the change stamp.
+    "media_info": {
+        "columns": {
+            "file_id": int, "format": str, "image_width": int, "image_height": int, "has_metadata": int,
+            "blurhash": str, "thumbnail": bytes, "exif_make": str, "exif_model": str, "exif_lens": str,
+            "exif_exposure": str, "exif_f_number": float, "exif_iso": int, "exif_focal_length": float,
+            "exif_datetime_original": str, "exif_software": str, "exif_gps_present": int,
+            "exif_gps_latitude": float, "exif_gps_longitude": float, "exif_orientation": int,
+            "sidecar_path": str, "error": str, "_source_stamp": str, "_extracted_at": str,
+        },
+        "pk": "file_id",
+        "foreign_keys": [("file_id", "files", "id")],
+        "indexes": [["blurhash"], ["has_metadata"]],
+    },
+}
 
 # ---- match (matches, pins, model_enrichment) ---------------------------------
 MATCH_TABLES: dict[str, dict[str, Any]] = {

@@ -1,0 +1,17 @@
+"""Media metadata: read every generator's parameters from images, videos and sidecars.
+
+Public API (the CLI and the Python API of issue 8 wrap these):
+
+- ``extract_comprehensive_metadata(path)`` -> the parsed record of one file (what ``inspect --json`` prints)
+- ``find_metadata_text_file(image_path)`` -> the ``.txt``/``.json`` sidecar beside an image, or None
+- ``extract_library(db, force=False, progress=None)`` -> summary; fills generations, lora_usages,
+  resources and media_info for every ``files`` row with kind='media'
+
+Layout: ``containers`` (PNG/JPEG/WebP/GIF/MP4/WebM/stealth readers), ``a1111`` (infotext), ``comfyui``
+(graph walk), ``generators`` (NovelAI, InvokeAI, Fooocus, SwarmUI, Civitai, TensorArt, Stability Matrix,
+Draw Things, EasyDiffusion, sidecars), ``parse`` (dispatch), ``normalise`` (record, LoRAs, resources,
+canonical JSON), ``imaging`` (BlurHash, thumbnail, EXIF facts), ``extract`` (files and the database).
+"""
+from .extract import extract_comprehensive_metadata, extract_library, find_metadata_text_file
+
+__all__ = ["extract_comprehensive_metadata", "extract_library", "find_metadata_text_file"]

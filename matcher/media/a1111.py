@@ -1,0 +1,337 @@
+"""AUTOMATIC1111-style infotext (A1111, Forge, reForge, SD.Next, Civitai, comfy-image-saver, ...).
+
+``parse_infotext(text)`` is pure: text in, a normalised record dict out (see ``matcher.media.normalise``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .normalise import (
+    add_resource, extract_loras, hash_kind_of, new_record, set_size, to_float, to_int,
+)
+
+_NEG_RE = re.compile(r"^\s*negative prompt:\s?", re.IGNORECASE)
+_KEY_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60}?)\s*:\s*")
+_PARAM_START = re.compile(r"^\s*(steps|size|seed|sampler|cfg scale|model|model hash)\s*:", re.IGNORECASE)
+
+#: spelling as written (lower case) -> normalised field (spec §6 aliases)
+FIELD_ALIASES: dict[str, str] = {
+    "steps": "steps",
+    "sampler": "sampler", "sampler_name": "sampler",
+    "schedule type": "scheduler", "scheduler": "scheduler",
+    "cfg scale": "cfg_scale", "cfg": "cfg_scale", "cfg_scale": "cfg_scale", "guidance scale": "cfg_scale",
+    "seed": "seed",
+    "variation seed": "subseed", "subseed": "subseed",
+    "variation seed strength": "subseed_strength", "subseed strength": "subseed_strength",
+    "clip skip": "clip_skip", "clip_skip": "clip_skip",
+    "denoising strength": "denoising_strength", "denoise": "denoising_strength",
+    "size": "size_raw",
+    "model": "model_name", "model_name": "model_name", "model name": "model_name",
+    "model hash": "model_hash_short", "hash": "model_hash_short", "model_hash": "model_hash_short",
+    "hires upscaler": "hires_upscaler", "hires steps": "hires_steps",
+    "hires denoising": "hires_denoising", "hires denoising strength": "hires_denoising",
+    "hires upscale": "hires_upscale",
+    "vae": "vae", "vae hash": "vae_hash",
+    "refiner": "refiner_model", "refiner switch at": "refiner_switch_at",
+    "tiling": "tiling", "face restoration": "face_restoration",
+    "version": "version_tag",
+    "created date": "generation_timestamp", "date": "generation_timestamp",
+    "generation timestamp": "generation_timestamp",
+}
+_INT_FIELDS = {"steps", "subseed", "clip_skip", "hires_steps", "seed"}
+_FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hires_denoising", "refiner_switch_at",
+                 "hires_upscale"}
+
+
+def _scan_string(s: str, i: int) -> int:
+    """Index just past the JSON string starting at s[i] == '"' (or len(s) if unterminated)."""
+    j = i + 1
+    n = len(s)
+    while j < n:
+        ch = s[j]
+        if ch == "\\":
+            j += 2
+            continue
+        if ch == '"':
+            return j + 1
+        j += 1
+    return n
+
+
+def _scan_balanced(s: str, i: int) -> int:
+    """Index just past the JSON object/array starting at s[i]; -1 if it never closes."""
+    depth = 0
+    j = i
+    n = len(s)
+    while j < n:
+        ch = s[j]
+        if ch == '"':
+            j = _scan_string(s, j)
+            continue
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        j += 1
+    return -1
+
+
+def parse_params(line: str) -> dict[str, str]:
+    """``Key: value, Key: "quoted, value", Hashes: {...}`` -> ordered dict (duplicates: last wins)."""
+    out: dict[str, str] = {}
+    i, n = 0, len(line)
+    while i < n:
+        m = _KEY_RE.match(line, i)
+        if not m:
+            # malformed token: skip to the next comma
+            j = line.find(",", i)
+            if j < 0:
+                break
+            i = j + 1
+            continue
+        key = m.group(1).strip()
+        j = m.end()
+        if j < n and line[j] == '"':
+            end = _scan_string(line, j)
+            raw = line[j:end]
+            try:
+                value = json.loads(raw)
+                if not isinstance(value, str):
+                    value = raw
+            except ValueError:
+                value = raw.strip('"')
+            k = line.find(",", end)
+            i = n if k < 0 else k + 1
+        elif j < n and line[j] in "{[":
+            end = _scan_balanced(line, j)
+            if end < 0:
+                k = line.find(",", j)
+                end = n if k < 0 else k
+            value = line[j:end]
+            k = line.find(",", end)
+            i = n if k < 0 else k + 1
+        else:
+            k = line.find(",", j)
+            end = n if k < 0 else k
+            value = line[j:end].strip()
+            i = end + 1
+        if key:
+            out.pop(key, None)  # last wins, and keeps the position of the last one
+            out[key] = value
+    return out
+
+
+def looks_like_infotext(text: str) -> bool:
+    return bool(re.search(r"(^|[\n,])\s*Steps:\s*\d", text)) or bool(
+        re.search(r"(^|\n)\s*Negative prompt:", text, re.IGNORECASE) and re.search(r"\b(Seed|Sampler|CFG scale):", text))
+
+
+def split_infotext(text: str) -> tuple[str, str | None, str]:
+    """-> (positive, negative or None, parameter text)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip("\x00")
+    lines = text.split("\n")
+    # the parameter block starts at the last line that begins like a parameter line
+    p_start = None
+    for idx in range(len(lines) - 1, -1, -1):
+        line = lines[idx]
+        if _PARAM_START.match(line) and len(parse_params(line)) >= 2:
+            p_start = idx
+            break
+    if p_start is None:
+        params = ""
+        body = lines
+    else:
+        params = " ".join(l.strip() for l in lines[p_start:] if l.strip())
+        params = ", ".join(l.strip().rstrip(",") for l in lines[p_start:] if l.strip())
+        body = lines[:p_start]
+    neg_idx = None
+    for idx, line in enumerate(body):
+        if _NEG_RE.match(line):
+            neg_idx = idx
+            break
+    if neg_idx is None:
+        return "\n".join(body).strip(), None, params
+    positive = "\n".join(body[:neg_idx]).strip()
+    neg_lines = [_NEG_RE.sub("", body[neg_idx], count=1)] + body[neg_idx + 1:]
+    return positive, "\n".join(neg_lines).strip(), params
+
+
+def _json_or_none(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def _pairs(value: str) -> list[tuple[str, str]]:
+    """``"a: h1, b: h2"`` -> [(a, h1), (b, h2)]."""
+    out = []
+    for part in value.split(","):
+        name, sep, h = part.rpartition(":")
+        if sep and name.strip() and h.strip():
+            out.append((name.strip(), h.strip()))
+    return out
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    positive, negative, param_text = split_infotext(text)
+    params = parse_params(param_text) if param_text else {}
+    rec = new_record("AUTOMATIC1111")
+    rec["positive_raw"] = positive
+    rec["negative_raw"] = negative or ""
+    rec["params"] = params
+    apply_params(rec, params)
+    rec["generation_tool"] = detect_a1111_fork(params, text)
+    add_param_resources(rec, params)
+    extract_loras(rec)
+    return rec
+
+
+def apply_params(rec: dict[str, Any], params: dict[str, str]) -> None:
+    for key, value in params.items():
+        field = FIELD_ALIASES.get(key.lower())
+        if not field:
+            continue
+        if field in _INT_FIELDS:
+            v = to_int(value)
+        elif field in _FLOAT_FIELDS:
+            v = to_float(value)
+        elif field == "size_raw":
+            set_size(rec, value)
+            continue
+        else:
+            v = value.strip() if isinstance(value, str) else value
+            if v == "":
+                v = None
+        if v is not None:
+            rec[field] = v
+    if rec.get("hires_upscaler") and rec.get("hires_denoising") is None and rec.get("denoising_strength") is not None:
+        rec["hires_denoising"] = rec["denoising_strength"]
+    ref = rec.get("refiner_model")
+    if isinstance(ref, str):
+        m = re.match(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$", ref)
+        if m:
+            rec["refiner_model"] = m.group(1)
+            rec["refiner_hash"] = m.group(2)
+
+
+def detect_a1111_fork(params: dict[str, str], text: str) -> str:
+    lower = {k.lower(): v for k, v in params.items()}
+    app = str(lower.get("app", ""))
+    version = str(lower.get("version", ""))
+    if app == "SD.Next" or "sampler sigma" in lower and "pipeline" in lower:
+        return "SD.Next"
+    if app:
+        return app
+    if "civitai resources" in lower or "civitai metadata" in lower or "created date" in lower:
+        return "Civitai"
+    if version == "ComfyUI":
+        return "ComfyUI"
+    if version == "neo":
+        return "Forge Neo"
+    if version == "classic":
+        return "Forge Classic"
+    if re.match(r"^f\d+\.\d+\.\d+v\d", version):
+        if re.match(r"^f1\.\d+\.\d+v2", version):
+            return "reForge"
+        return "Forge"
+    if "pipeline" in lower and "operations" in lower:
+        return "SD.Next"
+    return "AUTOMATIC1111"
+
+
+def add_param_resources(rec: dict[str, Any], params: dict[str, str]) -> None:
+    lower = {k.lower(): v for k, v in params.items()}
+    # checkpoint
+    if rec.get("model_name") or rec.get("model_hash_short"):
+        add_resource(rec, "checkpoint", rec.get("model_name"), rec.get("model_hash_short"))
+    if rec.get("vae") or rec.get("vae_hash"):
+        add_resource(rec, "vae", rec.get("vae"), rec.get("vae_hash"))
+    if rec.get("refiner_model"):
+        add_resource(rec, "checkpoint", rec.get("refiner_model"), rec.get("refiner_hash"), role="refiner")
+    if lower.get("hypernet"):
+        add_resource(rec, "hypernetwork", lower["hypernet"], lower.get("hypernet hash"),
+                     weight=to_float(lower.get("hypernet strength")))
+    for key, value in params.items():
+        kl = key.lower()
+        m = re.match(r"addnet model (\d+)$", kl)
+        if m:
+            mm = re.match(r"^(.*?)\(([0-9a-fA-F]{8,64})\)$", value.strip())
+            name, h = (mm.group(1), mm.group(2)) if mm else (value, None)
+            add_resource(rec, "lora", name, h, weight=to_float(lower.get(f"addnet weight a {m.group(1)}")))
+        m = re.match(r"lora_(\d+) model name$", kl)
+        if m:
+            n = m.group(1)
+            add_resource(rec, "lora", value, lower.get(f"lora_{n} model hash"),
+                         weight=to_float(lower.get(f"lora_{n} strength model")))
+        m = re.match(r"controlnet(?: (\d+))?$", kl)
+        if m:
+            mm = re.search(r"Model:\s*([^,\[]+?)\s*(?:\[([0-9a-fA-F]{8,64})\])?\s*(?:,|$)", value)
+            if mm and mm.group(1).strip().lower() != "none":
+                wm = re.search(r"Weight:\s*([-\d.]+)", value)
+                add_resource(rec, "controlnet", mm.group(1).strip(), mm.group(2),
+                             weight=to_float(wm.group(1)) if wm else None)
+    if lower.get("lora hashes"):
+        for name, h in _pairs(lower["lora hashes"]):
+            add_resource(rec, "lora", name, h)
+    if lower.get("ti hashes"):
+        for name, h in _pairs(lower["ti hashes"]):
+            add_resource(rec, "embedding", name, h, hash_kind="SHA256" if len(h) >= 12 else None)
+    hashes = _json_or_none(lower.get("hashes", "")) if lower.get("hashes") else None
+    if isinstance(hashes, dict):
+        for k, h in hashes.items():
+            if not isinstance(h, str):
+                continue
+            kind, _, name = k.partition(":")
+            kind_l = kind.lower()
+            if not name:
+                if kind_l == "model":
+                    add_resource(rec, "checkpoint", rec.get("model_name"), h, hash_kind="AutoV2" if len(h) == 10 else None)
+                elif kind_l == "vae":
+                    add_resource(rec, "vae", rec.get("vae"), h)
+                continue
+            kmap = {"lora": "lora", "lyco": "lycoris", "embed": "embedding", "hypernet": "hypernetwork",
+                    "model": "checkpoint", "vae": "vae", "refiner": "checkpoint"}
+            add_resource(rec, kmap.get(kind_l, kind_l), name, h, hash_kind="AutoV2" if len(h) == 10 else None)
+    res = _json_or_none(lower.get("civitai resources", "")) if lower.get("civitai resources") else None
+    if isinstance(res, list):
+        add_civitai_resources(rec, res)
+    if rec.get("hires_upscaler") and str(rec["hires_upscaler"]).lower() not in ("none", "latent"):
+        add_resource(rec, "upscaler", rec["hires_upscaler"], None)
+
+
+_AIR_RE = re.compile(r"urn:air:(?P<eco>[\w.\-]+):(?P<type>[\w\-]+):(?P<src>\w+):(?P<mid>\d+)(?:@(?P<vid>\d+))?")
+_CIVITAI_KIND = {"checkpoint": "checkpoint", "lora": "lora", "locon": "lycoris", "lycoris": "lycoris",
+                 "dora": "lora", "embed": "embedding", "embedding": "embedding", "textualinversion": "embedding",
+                 "vae": "vae", "controlnet": "controlnet", "upscaler": "upscaler", "hypernet": "hypernetwork",
+                 "hypernetwork": "hypernetwork", "other": "other"}
+
+
+def parse_air(value: str) -> dict[str, Any] | None:
+    m = _AIR_RE.search(value or "")
+    if not m:
+        return None
+    return {"kind": _CIVITAI_KIND.get(m.group("type").lower(), m.group("type").lower()),
+            "model_id": int(m.group("mid")), "version_id": int(m["vid"]) if m.group("vid") else None,
+            "ecosystem": m.group("eco")}
+
+
+def add_civitai_resources(rec: dict[str, Any], items: list) -> None:
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = _CIVITAI_KIND.get(str(item.get("type", "")).lower(), str(item.get("type") or "other").lower())
+        vid = to_int(item.get("modelVersionId"))
+        air = parse_air(str(item.get("air", ""))) if item.get("air") else None
+        if air:
+            vid = vid or air["version_id"]
+            kind = air["kind"] if not item.get("type") else kind
+        name = item.get("modelName") or item.get("name")
+        if item.get("modelVersionName") and name:
+            name = f"{name} {item['modelVersionName']}" if False else name
+        add_resource(rec, kind, name, item.get("hash"), weight=to_float(item.get("weight", item.get("strength"))),
+                     version_id=vid, source="civitai")

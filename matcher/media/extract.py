@@ -1,0 +1,255 @@
+"""One file -> one parsed record (``extract_comprehensive_metadata``); a whole library -> tables."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .containers import read_containers, sniff_format
+from .imaging import exif_facts, thumbnail_and_blurhash
+from .normalise import FIELDS, finalise
+from .parse import parse_containers, parse_text
+
+log = logging.getLogger(__name__)
+
+#: images and videos larger than this are not read whole (videos: tags only)
+MAX_READ_BYTES = 512 * 1024 * 1024
+VIDEO_FORMATS = {"mp4", "webm"}
+SIDECAR_SUFFIXES = (".txt", ".json")
+
+
+def find_metadata_text_file(image_path: str | os.PathLike) -> Path | None:
+    """The sidecar beside an image: ``name.txt``/``name.json``, or ``name.png.txt``/``name.png.json``."""
+    p = Path(image_path)
+    for cand in [p.with_suffix(s) for s in SIDECAR_SUFFIXES] + [p.with_name(p.name + s) for s in SIDECAR_SUFFIXES]:
+        if cand != p and cand.is_file():
+            return cand
+    return None
+
+
+def _read_sidecar(path: Path) -> str | None:
+    try:
+        raw = path.read_bytes()[:4 * 1024 * 1024]
+    except OSError:
+        return None
+    for enc in ("utf-8-sig", "utf-16", "latin-1"):
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _extract(path: Path, *, thumbnail: bool = True, keep_gps: bool = False) -> tuple[dict[str, Any], bytes | None]:
+    out: dict[str, Any] = {"path": str(path)}
+    errors: list[str] = []
+    thumb = None
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(16)
+            fmt = sniff_format(head)
+            if fmt in VIDEO_FORMATS:
+                data = head + f.read(64 * 1024 * 1024)
+            elif size > MAX_READ_BYTES:
+                data = head
+                errors.append(f"file too large to read ({size} bytes)")
+            else:
+                data = head + f.read()
+    except OSError as exc:
+        out.update({"no_metadata": True, "error": f"unreadable: {exc.strerror or exc}"})
+        return out, None
+    c = read_containers(data)
+    errors.extend(c.errors)
+    out["format"] = c.format
+    out["image_width"], out["image_height"] = c.width, c.height
+    try:
+        rec = parse_containers(c)
+    except Exception as exc:  # a parser bug must not stop a run; record it
+        log.debug("parser failed on %s", path, exc_info=True)
+        errors.append(f"parser error ({type(exc).__name__}: {str(exc)[:120]})")
+        rec = None
+    sidecar = find_metadata_text_file(path)
+    if sidecar:
+        out["sidecar_path"] = str(sidecar)
+    if rec is None and sidecar:
+        text = _read_sidecar(sidecar)
+        try:
+            rec = parse_text(text, "sidecar") if text else None
+        except Exception as exc:
+            errors.append(f"sidecar parser error ({type(exc).__name__})")
+            rec = None
+        if rec:
+            rec["metadata_source"] = f"sidecar:{sidecar.name}"
+            rec = finalise(rec)
+    out["no_metadata"] = rec is None
+    if rec:
+        for k in FIELDS:
+            out[k] = rec.get(k)
+        out["loras"] = [{"name": l["name"], "weight": l["weight"], "context": l["context"],
+                         "weight2": l.get("weight2"), "kind": l.get("kind", "lora")} for l in rec["loras"]]
+        out["resources"] = [{k: r.get(k) for k in ("kind", "name", "hash", "hash_kind", "weight", "version_id")}
+                            for r in rec["resources"]]
+        out["params"] = rec.get("params") or {}
+        out["metadata_source"] = rec.get("metadata_source")
+        out["metadata_hash"] = rec["metadata_hash"]
+    else:
+        out["generation_tool"] = None
+        out["loras"], out["resources"] = [], []
+    if c.format and c.format not in VIDEO_FORMATS and data and len(data) > 16:
+        bh, thumb, err = thumbnail_and_blurhash(data) if thumbnail else (None, None, None)
+        out["blurhash"] = bh
+        if err:
+            errors.append(err)
+    else:
+        out["blurhash"] = None
+    try:
+        out["exif"] = exif_facts(c.exif_raw, keep_gps=keep_gps)
+    except Exception as exc:
+        errors.append(f"bad EXIF ({type(exc).__name__})")
+        out["exif"] = {}
+    out["error"] = "; ".join(dict.fromkeys(errors)) or None
+    return out, thumb
+
+
+def extract_comprehensive_metadata(path: str | os.PathLike, *, keep_gps: bool = False) -> dict[str, Any]:
+    """The parsed record of one image or video (what ``civitai-mirror inspect --json`` prints).
+
+    Keys: ``path``, ``format``, ``image_width``/``image_height`` (pixels), ``no_metadata``, ``generation_tool``,
+    the normalised fields (``model_name``, ``seed``, ``steps``, ``sampler``, ``cfg_scale``, ...), ``loras``
+    (name, weight, context), ``resources`` (kind, name, hash, hash_kind, weight, version_id), ``params``,
+    ``metadata_hash``, ``blurhash``, ``exif`` (camera facts; GPS coordinates only with ``keep_gps``), ``error``.
+    Never raises on bad input: the reason is in ``error``.
+    """
+    rec, _thumb = _extract(Path(path), thumbnail=True, keep_gps=keep_gps)
+    return rec
+
+
+# ---------------------------------------------------------------- library
+def _stamp(row: dict[str, Any], sidecar: Path | None) -> str:
+    side = ""
+    if sidecar:
+        try:
+            st = sidecar.stat()
+            side = f"{sidecar.name}:{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            side = ""
+    return f"{row.get('size')}:{row.get('mtime_ns')}:{side}"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seed_int(seed: Any) -> int | None:
+    return seed if isinstance(seed, int) and -(2 ** 63) <= seed < 2 ** 63 else None
+
+
+def extract_library(db, force: bool = False, progress: Callable[[int, int, str], None] | None = None,
+                    *, keep_gps: bool = False) -> dict[str, Any]:
+    """Extract every ``files`` row with kind='media' into generations/lora_usages/resources/media_info.
+
+    ``db`` is a sqlite_utils.Database or a path to library.sqlite. Files whose size, mtime and sidecar are
+    unchanged since the last run are skipped without any write; ``force`` re-reads them all but still writes
+    only rows whose content changed. ``progress(done, total, path)`` is called after each file.
+    Returns summary counts.
+    """
+    from matcher.schema import ensure_library, open_library
+
+    if not hasattr(db, "execute"):
+        db = open_library(db)
+    else:
+        ensure_library(db)
+    where = "kind = 'media'"
+    if "missing" in db.table("files").columns_dict:
+        where += " and coalesce(missing, 0) = 0"
+    rows = [dict(zip(("id", "path", "size", "mtime_ns"), r)) for r in
+            db.execute(f"select id, path, size, mtime_ns from files where {where} order by id").fetchall()]
+    known = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
+        "select m.file_id, m._source_stamp, g.metadata_hash, m.blurhash from media_info m "
+        "left join generations g on g.file_id = m.file_id").fetchall()}
+    summary: dict[str, Any] = {"total": len(rows), "extracted": 0, "unchanged": 0, "written": 0,
+                               "with_metadata": 0, "no_metadata": 0, "errors": 0, "by_tool": {}}
+    for i, row in enumerate(rows, 1):
+        path = Path(row["path"])
+        sidecar = find_metadata_text_file(path)
+        stamp = _stamp(row, sidecar)
+        prev = known.get(row["id"])
+        if prev and prev[0] == stamp and not force:
+            summary["unchanged"] += 1
+            if progress:
+                progress(i, len(rows), row["path"])
+            continue
+        rec, thumb = _extract(path, keep_gps=keep_gps)
+        summary["extracted"] += 1
+        if rec["no_metadata"]:
+            summary["no_metadata"] += 1
+        else:
+            summary["with_metadata"] += 1
+            tool = rec.get("generation_tool") or "unknown"
+            summary["by_tool"][tool] = summary["by_tool"].get(tool, 0) + 1
+        if rec.get("error"):
+            summary["errors"] += 1
+        if prev and prev[0] == stamp and prev[1] == rec.get("metadata_hash") and prev[2] == rec.get("blurhash"):
+            if progress:
+                progress(i, len(rows), row["path"])
+            continue  # --force on an unchanged file: nothing to write
+        _write(db, row["id"], rec, thumb, stamp)
+        summary["written"] += 1
+        if progress:
+            progress(i, len(rows), row["path"])
+    return summary
+
+
+def _write(db, file_id: int, rec: dict[str, Any], thumb: bytes | None, stamp: str) -> None:
+    now = _now()
+    ex = rec.get("exif") or {}
+    info = {
+        "file_id": file_id, "format": rec.get("format"), "image_width": rec.get("image_width"),
+        "image_height": rec.get("image_height"), "has_metadata": 0 if rec["no_metadata"] else 1,
+        "blurhash": rec.get("blurhash"), "thumbnail": thumb,
+        "exif_make": ex.get("make"), "exif_model": ex.get("model"), "exif_lens": ex.get("lens"),
+        "exif_exposure": ex.get("exposure"), "exif_f_number": ex.get("f_number"), "exif_iso": ex.get("iso"),
+        "exif_focal_length": ex.get("focal_length"), "exif_datetime_original": ex.get("datetime_original"),
+        "exif_software": ex.get("software"), "exif_gps_present": None if not ex else int(bool(ex.get("gps_present"))),
+        "exif_gps_latitude": ex.get("gps_latitude"), "exif_gps_longitude": ex.get("gps_longitude"),
+        "exif_orientation": ex.get("orientation"), "sidecar_path": rec.get("sidecar_path"),
+        "error": rec.get("error"), "_source_stamp": stamp, "_extracted_at": now,
+    }
+    with db.conn:
+        db["media_info"].upsert(info, pk="file_id")
+        db.execute("delete from lora_usages where file_id = ?", [file_id])
+        db.execute("delete from resources where file_id = ?", [file_id])
+        if rec["no_metadata"]:
+            db.execute("delete from generations where file_id = ?", [file_id])
+            return
+        gen = {k: rec.get(k) for k in FIELDS}
+        gen["prompt_truncated"] = 1 if gen.get("prompt_truncated") else 0
+        seed = rec.get("seed")
+        gen["seed"] = _seed_int(seed)
+        gen["seed_text"] = str(seed) if seed is not None else None
+        gen["subseed"] = _seed_int(rec.get("subseed"))
+        for k in ("steps", "clip_skip", "hires_steps", "width", "height"):
+            gen[k] = _seed_int(gen.get(k))
+        for k, v in list(gen.items()):
+            if isinstance(v, (dict, list)):
+                gen[k] = json.dumps(v, ensure_ascii=False)
+            elif isinstance(v, bool):
+                gen[k] = int(v)
+        gen.update({"file_id": file_id, "metadata_source": rec.get("metadata_source"),
+                    "params_json": json.dumps(rec.get("params") or {}, ensure_ascii=False, sort_keys=True),
+                    "lora_count": len(rec["loras"]), "metadata_hash": rec.get("metadata_hash"), "_extracted_at": now})
+        db["generations"].upsert(gen, pk="file_id")
+        if rec["loras"]:
+            db["lora_usages"].insert_all(
+                [{"file_id": file_id, "position": i, "name": l["name"], "weight": l["weight"],
+                  "weight2": l.get("weight2"), "context": l["context"], "kind": l.get("kind")}
+                 for i, l in enumerate(rec["loras"])], pk="id")
+        if rec["resources"]:
+            db["resources"].insert_all(
+                [{"file_id": file_id, "position": i, "kind": r["kind"], "name": r["name"], "hash": r["hash"],
+                  "hash_kind": r["hash_kind"], "weight": r["weight"], "version_id": _seed_int(r["version_id"])}
+                 for i, r in enumerate(rec["resources"])], pk="id")

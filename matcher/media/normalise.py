@@ -1,0 +1,281 @@
+"""The normalised generation record shared by every parser, LoRA usages, resources, canonical JSON.
+
+A record is a plain dict. Parsers fill the scalar fields below, ``loras`` and ``resources``;
+``finalise`` trims prompts, removes LoRA tags from the clean prompts and computes ``metadata_hash``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+MAX_PROMPT_BYTES = 64 * 1024
+
+#: normalised scalar fields, in the order they are shown and stored
+FIELDS = [
+    "generation_tool", "model_name", "model_hash_short", "steps", "sampler", "scheduler", "cfg_scale",
+    "seed", "subseed", "subseed_strength", "clip_skip", "denoising_strength", "width", "height", "size_raw",
+    "hires_upscaler", "hires_steps", "hires_denoising", "hires_upscale", "vae", "vae_hash", "refiner_model",
+    "refiner_switch_at", "tiling", "face_restoration", "version_tag", "generation_timestamp",
+    "positive_raw", "negative_raw", "positive_clean", "negative_clean", "prompt_truncated",
+]
+
+
+def new_record(tool: str | None) -> dict[str, Any]:
+    return {"generation_tool": tool, "loras": [], "resources": [], "params": {}}
+
+
+def to_int(value: Any) -> int | None:
+    """Exact integers (seeds may exceed 2**53): never through float unless given as a float."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) and value == int(value) else None
+    s = str(value).strip().strip('"')
+    if re.fullmatch(r"[-+]?\d{1,40}", s):
+        return int(s)
+    if re.fullmatch(r"[-+]?\d+\.0+", s):
+        return int(s.split(".")[0])
+    return None
+
+
+def to_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        f = float(value)
+    else:
+        s = str(value).strip().strip('"')
+        if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
+            return None
+        f = float(s)
+    return f if math.isfinite(f) else None
+
+
+def set_size(rec: dict[str, Any], value: Any) -> None:
+    if value is None:
+        return
+    s = str(value).strip()
+    rec["size_raw"] = s
+    m = re.fullmatch(r"\(?\s*(\d{1,6})\s*[x×,]\s*(\d{1,6})\s*\)?", s)
+    if m:
+        rec["width"], rec["height"] = int(m.group(1)), int(m.group(2))
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+def hash_kind_of(h: str | None) -> str | None:
+    """Hash kind from its shape: 8 AutoV1, 10 AutoV2, 12 AutoV3, 64 SHA256, blake3: BLAKE3, 0x+64 AutoV3 (SwarmUI)."""
+    if not h:
+        return None
+    s = h.strip()
+    if s.lower().startswith("blake3:"):
+        return "BLAKE3"
+    if s.lower().startswith("0x") and len(s) == 66:
+        return "AutoV3"
+    if not _HEX.match(s):
+        return None
+    return {8: "AutoV1", 10: "AutoV2", 12: "AutoV3", 64: "SHA256"}.get(len(s))
+
+
+def clean_hash(h: Any) -> str | None:
+    if not isinstance(h, str) or not h.strip():
+        return None
+    s = h.strip()
+    low = s.lower()
+    if low.startswith("blake3:"):
+        s = s[7:]
+    elif low.startswith("0x"):
+        s = s[2:]
+    if not _HEX.match(s):
+        return None
+    return s.upper()
+
+
+_EXT_RE = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)
+
+
+def normalise_name(name: str) -> str:
+    """LoRA/resource name: no folders, no extension, no trailing punctuation, spaces -> underscore."""
+    s = str(name).strip().replace("\\", "/")
+    s = s.rsplit("/", 1)[-1]
+    s = _EXT_RE.sub("", s)
+    s = s.strip().rstrip(".,;:!?")
+    return re.sub(r"\s+", "_", s)
+
+
+def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: float | None = None,
+                 version_id: int | None = None, hash_kind: str | None = None, role: str | None = None,
+                 source: str | None = None) -> None:
+    """Add or merge one referenced resource (same kind and normalised name, or same hash)."""
+    name = str(name).strip() if name not in (None, "") else None
+    kind_of = hash_kind or hash_kind_of(h) if isinstance(h, str) else None
+    h = clean_hash(h)
+    if h is None:
+        kind_of = None
+    if not name and not h and not version_id:
+        return
+    norm = normalise_name(name).lower() if name else None
+    for r in rec["resources"]:
+        same_name = norm and r["_norm"] == norm
+        if r["kind"] == kind and (same_name or (h and r["hash"] == h) or (version_id and r["version_id"] == version_id)):
+            if h and not r["hash"]:
+                r["hash"], r["hash_kind"] = h, kind_of
+            elif h and r["hash"] != h and (kind_of != r["hash_kind"]):
+                continue  # a second hash of another kind: keep it as its own row
+            elif h and r["hash"] != h:
+                continue
+            if weight is not None and r["weight"] is None:
+                r["weight"] = weight
+            if version_id and not r["version_id"]:
+                r["version_id"] = version_id
+            if name and not r["name"]:
+                r["name"], r["_norm"] = name, norm
+            return
+    rec["resources"].append({
+        "kind": kind, "name": name, "hash": h, "hash_kind": kind_of, "weight": weight,
+        "version_id": version_id, "_norm": norm,
+    })
+
+
+# <lora:NAME>, <lora:NAME:W>, <lora:NAME:W1:W2>, <lyco:...>, <hypernet:...>
+_TAG_RE = re.compile(r"<(lora|lyco|locon|hypernet):([^<>]*?)>", re.IGNORECASE)
+_PLAIN_RE = re.compile(r"(?<![<\w:])lora:([^\s:,<>()\[\]]{2,120}):([-+]?\d*\.?\d+)", re.IGNORECASE)
+
+
+def _split_tag(body: str) -> tuple[str, list[str]]:
+    parts = body.split(":")
+    # weights are the trailing numeric parts; everything before them is the name (names may hold ':')
+    weights: list[str] = []
+    while len(parts) > 1 and re.fullmatch(r"\s*[-+]?\d*\.?\d+\s*", parts[-1]) and len(weights) < 2:
+        weights.insert(0, parts.pop())
+    return ":".join(parts), weights
+
+
+def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
+    out = []
+    if not text:
+        return out
+    for m in _TAG_RE.finditer(text):
+        kind = m.group(1).lower()
+        name, weights = _split_tag(m.group(2))
+        w1 = to_float(weights[0]) if weights else 1.0
+        w2 = to_float(weights[1]) if len(weights) > 1 else None
+        if ":" in m.group(2) and not weights and m.group(2).rsplit(":", 1)[-1].strip():
+            continue  # <lora:name:abc> malformed weight
+        out.append({"kind": "hypernetwork" if kind == "hypernet" else ("lycoris" if kind in ("lyco", "locon") else "lora"),
+                    "raw_name": name, "weight": w1, "weight2": w2, "context": context, "pos": m.start()})
+    tagged = [(m.start(), m.end()) for m in _TAG_RE.finditer(text)]
+    for m in _PLAIN_RE.finditer(text):
+        if any(a <= m.start() < b for a, b in tagged):
+            continue
+        out.append({"kind": "lora", "raw_name": m.group(1), "weight": to_float(m.group(2)), "weight2": None,
+                    "context": context, "pos": m.start()})
+    out.sort(key=lambda d: d["pos"])
+    return out
+
+
+def valid_usage(u: dict[str, Any]) -> bool:
+    name = normalise_name(u["raw_name"])
+    w = u["weight"]
+    return 2 <= len(name) <= 120 and w is not None and 0.0 <= w <= 4.0
+
+
+def extract_loras(rec: dict[str, Any]) -> None:
+    """LoRA usages from the prompts (spec: name 2-120 chars, weight 0-4, dropped otherwise)."""
+    usages = find_lora_tags(rec.get("positive_raw") or "", "positive") + \
+        find_lora_tags(rec.get("negative_raw") or "", "negative")
+    for u in usages:
+        if not valid_usage(u):
+            continue
+        name = normalise_name(u["raw_name"])
+        if u["kind"] == "hypernetwork":
+            add_resource(rec, "hypernetwork", name, None, weight=u["weight"])
+            continue
+        rec["loras"].append({"name": name, "weight": u["weight"], "weight2": u["weight2"],
+                             "context": u["context"], "kind": u["kind"], "position": len(rec["loras"])})
+        add_resource(rec, u["kind"], name, None, weight=u["weight"])
+
+
+def add_lora_usage(rec: dict[str, Any], name: str, weight: float | None, context: str = "positive",
+                   kind: str = "lora", weight2: float | None = None) -> None:
+    """LoRAs named by a node graph or JSON (not prompt tags), same validity rules."""
+    if weight is None:
+        weight = 1.0
+    u = {"raw_name": name, "weight": weight}
+    if not valid_usage(u):
+        return
+    n = normalise_name(name)
+    rec["loras"].append({"name": n, "weight": weight, "weight2": weight2, "context": context, "kind": kind,
+                         "position": len(rec["loras"])})
+
+
+def clean_prompt(text: str | None) -> str | None:
+    if text is None:
+        return None
+    s = _TAG_RE.sub("", text)
+    s = _PLAIN_RE.sub("", s)
+    s = re.sub(r"[ \t]+", " ", s)
+    s = re.sub(r"(\s*,\s*){2,}", ", ", s)
+    s = re.sub(r" *\n *", "\n", s)
+    return s.strip().strip(",").strip()
+
+
+def _truncate(text: str) -> tuple[str, bool]:
+    b = text.encode("utf-8")
+    if len(b) <= MAX_PROMPT_BYTES:
+        return text, False
+    return b[:MAX_PROMPT_BYTES].decode("utf-8", "ignore"), True
+
+
+def finalise(rec: dict[str, Any]) -> dict[str, Any]:
+    truncated = False
+    for key in ("positive_raw", "negative_raw"):
+        v = rec.get(key)
+        if isinstance(v, str):
+            v = v.replace("\r\n", "\n")
+            v, t = _truncate(v)
+            rec[key] = v
+            truncated |= t
+    if truncated:
+        rec["prompt_truncated"] = True
+    rec["positive_clean"] = clean_prompt(rec.get("positive_raw"))
+    rec["negative_clean"] = clean_prompt(rec.get("negative_raw"))
+    for r in rec["resources"]:
+        r.pop("_norm", None)
+    # attach hashes known only from resources to the LoRA usages, and weights the other way
+    rec["metadata_hash"] = metadata_hash(rec)
+    return rec
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if isinstance(value, dict):
+        return {str(k): _canon(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_canon(v) for v in value]
+    return str(value)
+
+
+def canonical_json(rec: dict[str, Any]) -> str:
+    """Non-null scalars, floats as {:.6g}, sorted keys, compact separators, UTF-8."""
+    body = {k: rec.get(k) for k in FIELDS if rec.get(k) is not None}
+    body["loras"] = rec.get("loras") or []
+    body["resources"] = sorted(
+        (_canon(r) for r in rec.get("resources") or []),
+        key=lambda r: json.dumps(r, sort_keys=True, ensure_ascii=False))
+    body["params"] = {k: v for k, v in (rec.get("params") or {}).items()
+                      if isinstance(v, (str, int, float, bool))}
+    return json.dumps(_canon(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def metadata_hash(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(rec).encode("utf-8")).hexdigest()

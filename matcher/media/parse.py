@@ -1,0 +1,165 @@
+"""Pick the right generator parser for what the containers hold, in the spec's source order."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from .a1111 import looks_like_infotext, parse_infotext
+from .comfyui import load_graph, parse_comfy_prompt
+from .containers import Containers
+from .generators import (
+    parse_civitai_comfy, parse_easydiffusion, parse_fooocus, parse_invoke_dream, parse_invoke_metadata,
+    parse_invoke_sdmeta, parse_novelai, parse_sidecar_text, parse_stability_matrix, parse_swarmui,
+    parse_tensorart, parse_xmp,
+)
+from .normalise import finalise
+
+log = logging.getLogger(__name__)
+
+
+def _json(text: Any) -> Any:
+    if not isinstance(text, str):
+        return None
+    s = text.strip().strip("\x00")
+    if not s or s[0] not in "{[":
+        return None
+    try:
+        return json.loads(s)
+    except ValueError:
+        return None
+
+
+def parse_text(text: str, source: str) -> dict[str, Any] | None:
+    """One free-standing text (UserComment, Comment, stealth, sidecar): JSON flavours or A1111 infotext."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    data = _json(text)
+    if isinstance(data, dict):
+        if "sui_image_params" in data:
+            return parse_swarmui(data)
+        if "extraMetadata" in data or ("extra" in data and load_graph(data)):
+            return parse_civitai_comfy(data)
+        if "Comment" in data and isinstance(data.get("Comment"), str) or ("steps" in data and "uc" in data):
+            return parse_novelai(data, data.get("Description"), data.get("Source"), data.get("Software"))
+        if "positive_prompt" in data and ("seed" in data or "model" in data):
+            return parse_invoke_metadata(data)
+        if "fooocus_scheme" in data or "metadata_scheme" in data or data.get("software") == "RuinedFooocus":
+            return parse_fooocus(data)
+        if "num_inference_steps" in data:
+            return parse_easydiffusion(data)
+        nodes = load_graph(data)
+        if nodes:
+            return parse_comfy_prompt(nodes)
+        return None
+    if looks_like_infotext(text):
+        return parse_infotext(text)
+    if source == "sidecar":
+        return parse_sidecar_text(text)
+    return None
+
+
+def parse_containers(c: Containers) -> dict[str, Any] | None:
+    """The normalised record for one file, or None when it carries no generation metadata."""
+    rec, source = _dispatch(c)
+    if rec is None:
+        return None
+    rec["metadata_source"] = source
+    if not rec.get("generation_tool"):
+        rec["generation_tool"] = "unknown"
+    return finalise(rec)
+
+
+def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
+    t = c.texts
+    ex = c.exif
+    # SwarmUI
+    for key in ("sui_image_params", "parameters"):
+        d = _json(t.get(key))
+        if isinstance(d, dict) and "sui_image_params" in d:
+            return parse_swarmui(d), f"png:{key}"
+    # NovelAI (PNG text chunks)
+    if t.get("Software", "").startswith("NovelAI") or (t.get("Comment") and t.get("Source", "").startswith(("Stable Diffusion", "NovelAI"))):
+        rec = parse_novelai(t.get("Comment"), t.get("Description"), t.get("Source"), t.get("Software"))
+        if rec:
+            return rec, "png:Comment"
+    # InvokeAI
+    if t.get("invokeai_metadata"):
+        rec = parse_invoke_metadata(t["invokeai_metadata"])
+        if rec:
+            return rec, "png:invokeai_metadata"
+    if t.get("sd-metadata"):
+        rec = parse_invoke_sdmeta(t["sd-metadata"])
+        if rec:
+            return rec, "png:sd-metadata"
+    if t.get("Dream"):
+        rec = parse_invoke_dream(t["Dream"])
+        if rec:
+            return rec, "png:Dream"
+    # TensorArt
+    if t.get("generation_data"):
+        rec = parse_tensorart(t["generation_data"], t.get("prompt"))
+        if rec:
+            return rec, "png:generation_data"
+    # Stability Matrix
+    if t.get("parameters-json") or t.get("smproj"):
+        rec = parse_stability_matrix(t.get("parameters"), t.get("parameters-json"), t.get("prompt"))
+        if rec:
+            return rec, "png:parameters"
+    # Fooocus / RuinedFooocus / A1111 parameters
+    params = t.get("parameters")
+    if params:
+        d = _json(params)
+        if isinstance(d, dict):
+            rec = parse_fooocus(d) or parse_easydiffusion(d)
+            if rec:
+                return rec, "png:parameters"
+        elif looks_like_infotext(params):
+            rec = parse_infotext(params)
+            if load_graph(t.get("prompt")) and rec.get("generation_tool") == "AUTOMATIC1111":
+                rec["generation_tool"] = "ComfyUI"
+            return rec, "png:parameters"
+    # ComfyUI graph in PNG text
+    nodes = load_graph(t.get("prompt"))
+    if nodes:
+        return parse_comfy_prompt(nodes), "png:prompt"
+    # EXIF carriers (JPEG/WebP, PNG eXIf)
+    for key in ("Make", "Model", "ImageDescription"):
+        v = ex.get(key)
+        if isinstance(v, str) and v.lower().startswith("prompt:"):
+            nodes = load_graph(v)
+            if nodes:
+                return parse_comfy_prompt(nodes), f"exif:{key}"
+    for key in ("UserComment", "ImageDescription", "XPComment"):
+        v = ex.get(key)
+        if key == "ImageDescription" and ex.get("UserComment"):
+            continue
+        rec = parse_text(v, "exif") if v else None
+        if rec:
+            if key == "UserComment" and isinstance(rec, dict) and (ex.get("Software") or "").startswith("NovelAI") \
+                    and rec.get("generation_tool") == "NovelAI" and not rec.get("model_name"):
+                rec["model_name"] = ex["Software"]
+            return rec, f"exif:{key}"
+    # XMP (Draw Things and A1111-like dc:description)
+    if c.xmp:
+        rec = parse_xmp(c.xmp)
+        if rec:
+            return rec, "xmp"
+    # free comments (PNG Comment/Description, GIF/JPEG comment, video tags)
+    for key in ("Comment", "Description", "comment", "description", "parameters", "prompt", "workflow"):
+        v = t.get(key)
+        if v:
+            d = _json(v)
+            if isinstance(d, dict) and ("prompt" in d) and isinstance(d.get("prompt"), (str, dict)):
+                nodes = load_graph(d.get("prompt"))
+                if nodes:
+                    return parse_comfy_prompt(nodes), f"text:{key}"
+            rec = parse_text(v, "text")
+            if rec:
+                return rec, f"text:{key}"
+    # alpha-channel stealth metadata
+    if c.stealth:
+        rec = parse_text(c.stealth, "stealth")
+        if rec:
+            return rec, "stealth"
+    return None, None
