@@ -499,13 +499,44 @@ def blurhash_distance(a: str, b: str) -> float:
     return math.sqrt(total / (3 * len(keys)))
 
 
+def _same_preview_bytes(mirror: Mirror, sha256_hash: str, width: int | None, height: int | None,
+                        size: int | None, limit: int = 200) -> dict | None:
+    """A downloaded preview (images.local_path, relative to the dump) with these exact bytes."""
+    import hashlib
+
+    info = _rows(mirror.db, "select value from _build_info where key = 'dump_dir'") \
+        if mirror.cols("_build_info") else []
+    if not info:
+        return None
+    dump = Path(info[0]["value"])
+    where, params = "local_path is not null", []
+    if width and height:
+        where, params = where + " and width = ? and height = ?", [width, height]
+    for img in mirror.images(f"{where} order by id limit {limit}", params):
+        path = dump / img["local_path"]
+        try:
+            if size is not None and path.stat().st_size != size:
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError:
+            continue
+        if digest.hexdigest().upper() == sha256_hash.upper():
+            return img
+    return None
+
+
 def cross_reference_with_civitai(sha256_hash: str | None, blur_hash: str | None,
                                  civitai_db_path: str | Path | sqlite_utils.Database, *,
                                  width: int | None = None, height: int | None = None,
+                                 size: int | None = None,
                                  threshold: float = BLURHASH_THRESHOLD) -> dict | None:
     """Find a local image among the mirror's preview ``images``.
 
-    The same bytes (``sha256`` when the mirror has it) is a near-certain hit; otherwise the
+    The same bytes (a ``sha256`` column, else the previews ``crawl --images`` downloaded, of the
+    same width, height and byte ``size`` when given) is a near-certain hit; otherwise the
     nearest BlurHash of an image with the same width and height (when given), within
     ``threshold``. Returns ``{image_id, version_id, model_id, url, method, distance, confidence,
     reason}`` or None.
@@ -531,6 +562,12 @@ def cross_reference_with_civitai(sha256_hash: str | None, blur_hash: str | None,
         if hits:
             return shape(hits[0], "sha256", 0.0, CONFIDENCE["sha256_image"],
                          f"same bytes as Civitai image {hits[0].get('id')} (SHA256); no metadata to confirm the model")
+    if sha256_hash and "local_path" in cols:
+        hit = _same_preview_bytes(mirror, sha256_hash, width, height, size)
+        if hit:
+            return shape(hit, "sha256", 0.0, CONFIDENCE["sha256_image"],
+                         f"same bytes as Civitai image {hit.get('id')} (SHA256 of the downloaded preview); "
+                         "no metadata to confirm the model")
     hash_col = _first(cols, "hash", "blurhash")
     if not blur_hash or not hash_col:
         return None
@@ -719,7 +756,8 @@ def _match_images(db, rows, mirror: Mirror, summary: dict, progress) -> None:
         else:
             summary["orphans"] += 1
             hit = cross_reference_with_civitai(row.get("sha256"), blurhashes.get(row["id"]), mirror,
-                                               width=row.get("width"), height=row.get("height"))
+                                               width=row.get("width"), height=row.get("height"),
+                                               size=row.get("size"))
             if hit and hit["version_id"] is not None:
                 info = mirror.version(hit["version_id"]) or {"version_id": hit["version_id"]}
                 res = _result({**info, "model_id": hit["model_id"] or info.get("model_id")},

@@ -138,6 +138,7 @@ def write_collection(root: Path) -> dict[str, dict]:
                                                     "Size: 64x48, Lora hashes: \"empty: e3b0c44298fc\""})
     png(media / "orphan_match.png", 6)
     png(media / "orphan_none.png", 7)
+    png(media / "orphan_bytes.png", 8)       # also saved in the dump as a downloaded preview
     return hashes
 
 
@@ -193,7 +194,9 @@ def dump_models(hashes: dict) -> list[dict]:
         civitai_model(100, "Ckpt Model", "Checkpoint", [civitai_version(
             1001, "v1", "2024-01-01T00:00:00.000Z", [f(10010, "ckpt_sha.safetensors", all_types)], [img, img2])]),
         civitai_model(200, "V3 Lora", "LORA", [civitai_version(
-            2001, "v1", "2024-01-01T00:00:00.000Z", [f(20010, "lora_v3.safetensors", ["AutoV3"])])]),
+            2001, "v1", "2024-01-01T00:00:00.000Z", [f(20010, "lora_v3.safetensors", ["AutoV3"])],
+            [{"id": 555003, "url": "https://image.civitai.com/x/original=true/555003.png", "nsfwLevel": 1,
+              "width": 64, "height": 48, "hash": other_blur, "type": "image"}])]),
         civitai_model(300, "V2 Lora", "LORA", [civitai_version(
             3001, "v1", "2024-01-01T00:00:00.000Z", [f(30010, "lora_v2.safetensors", ["AutoV2"])])]),
         civitai_model(400, "Blake Emb", "TextualInversion", [civitai_version(
@@ -226,7 +229,11 @@ def dump_models(hashes: dict) -> list[dict]:
     ]
 
 
-def write_dump(dump: Path, models: list[dict]) -> None:
+def write_dump(dump: Path, models: list[dict], collection: Path | None = None) -> None:
+    if collection is not None:                # crawl --images layout: images/<block>/<id>.<ext>
+        (dump / "images" / "00550000").mkdir(parents=True)
+        (dump / "images" / "00550000" / "555003.png").write_bytes(
+            (collection / "media" / "orphan_bytes.png").read_bytes())
     for m in models:
         block = dump / f"{m['id'] // 10000 * 10000:08d}"
         block.mkdir(parents=True, exist_ok=True)
@@ -254,7 +261,7 @@ def world(tmp_path_factory):
     root = base / "collection"
     hashes = write_collection(root)
     dump = base / "dump"
-    write_dump(dump, dump_models(hashes))
+    write_dump(dump, dump_models(hashes), root)
     build_mirror(dump, base / "civitai.sqlite")
     return {"base": base, "root": root, "hashes": hashes, "dump": dump, "civitai": base / "civitai.sqlite"}
 
@@ -369,7 +376,7 @@ def test_images_resolve_resources_to_versions_and_local_files(world, library):
     assert all(r["version_id"] is None for r in recs["empty_hash.png"]["resources"])
     assert str(models / "ckpt_sha.safetensors") == [r for r in recs["a1111.png"]["resources"]
                                                    if r["kind"] == "checkpoint"][0]["local_path"]
-    assert summary["images"] == 7
+    assert summary["images"] == 8
 
 
 @needs_extract
@@ -382,6 +389,9 @@ def test_orphans_near_match_by_blurhash_with_low_confidence(world, library):
     assert hit["civitai_image_id"] == 555001
     assert hit["confidence"] < 0.5 and "low confidence" in hit["reason"]
     assert recs["orphan_none.png"]["version_id"] is None
+    same = recs["orphan_bytes.png"]
+    assert (same["version_id"], same["hash_type"], same["civitai_image_id"]) == (2001, "sha256", 555003)
+    assert "SHA256" in same["reason"] and same["confidence"] < 1.0
 
 
 def test_cross_reference_with_civitai(world):
@@ -433,7 +443,7 @@ def test_cli_match_json_pin_unpin(world, library):
     out = runner.invoke(cli, ["match", *args, "--json"])
     assert out.exit_code == 0, out.output
     lines = [json.loads(line) for line in out.output.splitlines()]
-    assert len(lines) == 11 + 7
+    assert len(lines) == 11 + 8
     for rec in lines:
         assert {"path", "version_id", "model_id", "hash_type", "confidence", "reason", "suggestions"} <= set(rec)
     assert all("resources" in r for r in lines if r["path"].endswith((".png", ".jpeg")))
