@@ -103,7 +103,9 @@ def scan(directories, db_path, force_rescan, max_file_size, one_reader, workers,
         limit = parse_size(max_file_size) if max_file_size is not None else config.max_file_size
     except ValueError as exc:
         raise click.ClickException(f"--max-file-size: {exc}") from None
-    db = open_library(resolve(db_path, config.database_path))
+    db_file = resolve(db_path, config.database_path)
+    os.makedirs(os.path.dirname(os.path.abspath(db_file)), exist_ok=True)
+    db = open_library(db_file)
     with _byte_progress("hashing") as progress:
         summary = scan_library(db, roots, force_rescan=force_rescan, max_file_size=limit,
                                one_reader=one_reader, workers=workers, progress=progress)
