@@ -139,6 +139,9 @@ def write_collection(root: Path) -> dict[str, dict]:
     png(media / "orphan_match.png", 6)
     png(media / "orphan_none.png", 7)
     png(media / "orphan_bytes.png", 8)       # also saved in the dump as a downloaded preview
+    png(media / "sidecar.png", 9)            # no metadata inside; names in the .txt beside it
+    (media / "sidecar.txt").write_text("Prompt: a boat\nUsed model: ckpt_sha.safetensors\n"
+                                       "LoRA: lora_v2:0.5, remote_named:0.7\nSeed: 9\n")
     return hashes
 
 
@@ -376,7 +379,13 @@ def test_images_resolve_resources_to_versions_and_local_files(world, library):
     assert all(r["version_id"] is None for r in recs["empty_hash.png"]["resources"])
     assert str(models / "ckpt_sha.safetensors") == [r for r in recs["a1111.png"]["resources"]
                                                    if r["kind"] == "checkpoint"][0]["local_path"]
-    assert summary["images"] == 8
+    # sidecar `Used model:` / `LoRA:` names, with and without extension
+    assert recs["sidecar.png"]["version_id"] == 1001
+    assert res("sidecar.png") == {("checkpoint", 1001, "ckpt_sha.safetensors"),
+                                  ("lora", 3001, "lora_v2.safetensors"), ("lora", 1301, None)}
+    by_name = {r["name"]: r for r in recs["sidecar.png"]["resources"]}
+    assert by_name["lora_v2"]["hash_type"] == "local_name" and by_name["remote_named"]["hash_type"] == "name"
+    assert summary["images"] == 9
 
 
 @needs_extract
@@ -443,7 +452,7 @@ def test_cli_match_json_pin_unpin(world, library):
     out = runner.invoke(cli, ["match", *args, "--json"])
     assert out.exit_code == 0, out.output
     lines = [json.loads(line) for line in out.output.splitlines()]
-    assert len(lines) == 11 + 8
+    assert len(lines) == 11 + 9
     for rec in lines:
         assert {"path", "version_id", "model_id", "hash_type", "confidence", "reason", "suggestions"} <= set(rec)
     assert all("resources" in r for r in lines if r["path"].endswith((".png", ".jpeg")))
