@@ -89,6 +89,15 @@ class Mirror:
             self._cols[table] = _table_columns(self.db, table) if self.db is not None else set()
         return self._cols[table]
 
+    def indexed(self, table: str, column: str) -> bool:
+        """Whether an index starts with ``column`` (size-only suggestions need one to stay fast)."""
+        key = f"{table}.{column}"
+        if key not in self._cols:
+            ok = any(ix.columns[:1] == [column] for ix in self.db.table(table).indexes) \
+                if self.db is not None and self.db.table(table).exists() else False
+            self._cols[key] = {"yes"} if ok else set()
+        return bool(self._cols[key])
+
     def lookup(self, value: str, hash_type: str | None = None) -> dict | None:
         """mirror.lookup.lookup_hash, None when not found."""
         if self.db is None:
@@ -141,24 +150,28 @@ class Mirror:
         if not cols or "name" not in cols:
             return []
         vkey = _first(cols, "modelVersionId", "version_id", "model_version_id")
-        stem = _strip_ext(name)
+        base = os.path.basename(name.replace("\\", "/"))
+        stem = _strip_ext(base)
+        # exact names only, so the model_files(name) index answers (a mirror has millions of rows)
+        names = list(dict.fromkeys([base, stem] + [stem + ext for ext in MODEL_EXTENSIONS]))
         found: dict[int, dict] = {}
         sql = (f"select id, name, sizeKB, {vkey} as version_id from model_files "
-               "where name = ? collate nocase or name = ? collate nocase or name like ? || '.%'")
-        for row in _rows(self.db, sql + f" limit {limit * 4}", [name, stem, stem]):
-            if _strip_ext(row["name"] or "").lower() != stem.lower():
-                continue
+               f"where name in ({','.join('?' * len(names))}) order by id limit {limit * 4}")
+        for row in _rows(self.db, sql, names):
             row["by"] = "name"
             found[row["id"]] = row
         if size and "sizeKB" in cols:
             kb = size / 1024
-            for row in _rows(self.db, f"select id, name, sizeKB, {vkey} as version_id from model_files "
-                             f"where sizeKB between ? and ? limit {limit * 4}", [kb - 0.001, kb + 0.001]):
-                if row["id"] in found:
-                    found[row["id"]]["by"] = "name+size"
-                else:
-                    row["by"] = "size"
-                    found[row["id"]] = row
+            for row in found.values():
+                if row["sizeKB"] is not None and abs(row["sizeKB"] - kb) < 0.001:
+                    row["by"] = "name+size"
+            if self.indexed("model_files", "sizeKB"):
+                for row in _rows(self.db, f"select id, name, sizeKB, {vkey} as version_id from model_files "
+                                 f"where sizeKB between ? and ? order by id limit {limit * 4}",
+                                 [kb - 0.001, kb + 0.001]):
+                    if row["id"] not in found:
+                        row["by"] = "size"
+                        found[row["id"]] = row
         rank = {"name+size": 0, "name": 1, "size": 2}
         return sorted(found.values(), key=lambda r: (rank[r["by"]], r["id"]))[:limit]
 
