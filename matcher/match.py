@@ -44,7 +44,7 @@ HASH_ORDER: list[tuple[str, str]] = [
 # model can share it; CRC32 is 32 bits and only counts together with the file size.
 CONFIDENCE = {
     "SHA256": 1.0, "BLAKE3": 1.0, "AutoV3": 1.0, "AutoV2": 1.0, "CRC32": 0.95, "AutoV1": 0.8,
-    "pin": 1.0, "civitai_resources": 1.0, "local_name": 0.8, "name": 0.5,
+    "pin": 1.0, "civitai_resources": 1.0, "local_name": 0.9, "name": 0.5,
     "sha256_image": 0.9, "blurhash": 0.4,
 }
 EMPTY_SHA256 = "E3B0C44298FC"          # sha256(b"") — kohya/A1111 hash of nothing; Civitai ignores it
