@@ -148,6 +148,7 @@ def walk(root: str, skip: set[str] = frozenset()) -> Iterable[tuple[str, os.stat
     def onerror(exc: OSError) -> None:
         log.warning("cannot read %s: %s", exc.filename, exc.strerror)
 
+    skip_names = {os.path.basename(p) for p in skip}
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames.sort()
         for name in sorted(filenames):
@@ -157,7 +158,9 @@ def walk(root: str, skip: set[str] = frozenset()) -> Iterable[tuple[str, os.stat
             except OSError as exc:
                 log.warning("cannot stat %s: %s", path, exc.strerror)
                 continue
-            if not statmod.S_ISREG(st.st_mode) or (skip and os.path.realpath(path) in skip):
+            if not statmod.S_ISREG(st.st_mode):
+                continue
+            if name in skip_names and os.path.realpath(path) in skip:
                 continue
             yield path, st
 
@@ -292,8 +295,14 @@ def scan_library(
             elif kind in HASHED_KINDS:
                 summary["skipped"] += 1
                 log.info("not hashed (larger than max_file_size %d): %s", limit, path)
-        conn.executemany("UPDATE files SET _last_seen = ?, root = ?, missing = 0 WHERE id = ?", touched)
         gone = [row["id"] for path, row in known.items() if path not in seen]
+        if len(touched) > 1000:  # one statement per root beats one per file
+            gone_json = json.dumps(gone)
+            for root in roots:
+                conn.execute("UPDATE files SET _last_seen = ?, root = ?, missing = 0 WHERE path >= ? AND path < ?"
+                             " AND id NOT IN (SELECT value FROM json_each(?))", (now, root, *_under(root), gone_json))
+        else:
+            conn.executemany("UPDATE files SET _last_seen = ?, root = ?, missing = 0 WHERE id = ?", touched)
         conn.executemany("UPDATE files SET missing = 1 WHERE id = ?", [(i,) for i in gone])
         summary["missing"] = len(gone)
 
