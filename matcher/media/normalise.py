@@ -234,6 +234,8 @@ def _truncate(text: str) -> tuple[str, bool]:
 
 
 def finalise(rec: dict[str, Any]) -> dict[str, Any]:
+    for k in FIELDS:
+        rec.setdefault(k, None)
     truncated = False
     for key in ("positive_raw", "negative_raw"):
         v = rec.get(key)
