@@ -790,7 +790,9 @@ def runs(db_path, config_path, as_json) -> None:
     if not found:
         click.echo("no sort runs yet")
         return
-    table = Table("run", "state", "started", "dest", "files")
+    table = Table()
+    for name in ("run", "state", "started", "dest", "files"):
+        table.add_column(name, no_wrap=name in ("run", "state"))
     for run in found:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(run["journal"].items()))
         table.add_row(run["run_id"], run["state"], run["started_at"], run["dest"], counts)
