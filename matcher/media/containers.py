@@ -139,6 +139,9 @@ def decode_user_comment(raw: bytes | str | None, errors: list[str] | None = None
 
 
 # ---------------------------------------------------------------- PNG
+_WANTED_CHUNKS = {b"IHDR", b"tRNS", b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"IEND"}
+
+
 def read_png(data: bytes, c: Containers) -> None:
     pos = 8
     n = len(data)
@@ -149,12 +152,13 @@ def read_png(data: bytes, c: Containers) -> None:
         body_end = body_start + length
         if body_end > n:
             c.errors.append(f"truncated PNG chunk {ctype.decode('latin-1', 'replace')}")
-            body = data[body_start:n]
             if ctype not in (b"tEXt", b"iTXt", b"zTXt"):
                 break
-        else:
-            body = data[body_start:body_end]
+            body_end = n
         pos = body_end + 4
+        if ctype not in _WANTED_CHUNKS:
+            continue  # image data: never copied
+        body = data[body_start:body_end]
         if ctype == b"IHDR" and length >= 13:
             c.width, c.height = struct.unpack(">II", body[:8])
             colour_type = body[9]

@@ -256,27 +256,25 @@ def finalise(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _canon(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
     if isinstance(value, float):
         return format(value, ".6g")
     if isinstance(value, dict):
-        return {str(k): _canon(v) for k, v in value.items() if v is not None}
+        return {k: _canon(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_canon(v) for v in value]
-    return str(value)
+    return value
 
 
 def canonical_json(rec: dict[str, Any]) -> str:
     """Non-null scalars, floats as {:.6g}, sorted keys, compact separators, UTF-8."""
-    body = {k: rec.get(k) for k in FIELDS if rec.get(k) is not None}
+    body = {k: rec[k] for k in FIELDS if rec.get(k) is not None}
     body["loras"] = rec.get("loras") or []
-    body["resources"] = sorted(
-        (_canon(r) for r in rec.get("resources") or []),
-        key=lambda r: json.dumps(r, sort_keys=True, ensure_ascii=False))
-    body["params"] = {k: v for k, v in (rec.get("params") or {}).items()
-                      if isinstance(v, (str, int, float, bool))}
-    return json.dumps(_canon(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    res = [_canon(r) for r in rec.get("resources") or []]
+    res.sort(key=lambda r: (r.get("kind") or "", r.get("name") or "", r.get("hash") or "", str(r.get("version_id"))))
+    body["params"] = {k: v for k, v in (rec.get("params") or {}).items() if isinstance(v, (str, int, float, bool))}
+    body = _canon(body)
+    body["resources"] = res
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def metadata_hash(rec: dict[str, Any]) -> str:
