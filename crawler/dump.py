@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, TextIO
@@ -66,14 +67,23 @@ def dumps(data: object) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """``path.part`` then ``os.replace``: the final name only ever holds a complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """``path.part`` then ``os.replace``: the final name only ever holds a complete file.
+
+    That is what makes a killed process harmless. ``fsync`` also survives power loss, at a cost
+    per file too high for a crawl of millions of small files (ext4 and most journaling file
+    systems flush a replaced file before the rename anyway)."""
     part = path.with_name(path.name + ".part")
-    with open(part, "wb") as fh:
+    try:
+        fh = open(part, "wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(part, "wb")
+    with fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(part, path)
 
 
@@ -107,8 +117,13 @@ class LogFile:
     def __init__(self, path: Path):
         self.path = path
         self._fh: TextIO | None = None
+        self._lock = threading.Lock()
 
     def append(self, *cols: object) -> None:
+        with self._lock:
+            self._append(cols)
+
+    def _append(self, cols: tuple) -> None:
         if self._fh is None:
             needs_newline = False
             try:
@@ -224,11 +239,17 @@ class Dump:
         return max([0, *self.downloaded, *self.crawled])
 
     def save_model(self, model_id: int, model: dict, host: str) -> str:
-        """Save a model answer; returns ``saved``, ``unchanged`` or ``kept`` (worse answer put beside)."""
+        """Save a model answer and log it; returns ``saved``, ``unchanged`` or ``kept`` (worse answer put beside)."""
+        status = self.write_model(model_id, model)
+        self.log_saved(model_id, host)
+        return status
+
+    def write_model(self, model_id: int, model: dict) -> str:
+        """The file part of :meth:`save_model` (safe to run in a worker thread); log it with :meth:`log_saved`."""
         path = model_path(self.root, model_id)
         data = dumps(model)
         status = "saved"
-        if path.exists():
+        if model_id in self.on_disk:  # known from the walk at load, or saved earlier in this run
             try:
                 old_bytes = path.read_bytes()
                 old = check_model(parse_json_body(old_bytes), model_id)
@@ -244,11 +265,14 @@ class Dump:
         if status == "saved":
             write_atomic(path, data)
         self.on_disk.add(model_id)
+        return status
+
+    def log_saved(self, model_id: int, host: str) -> None:
+        """Append the downloaded.txt line — only once the file is in place."""
         now = utc_now()
         self.downloaded[model_id] = [host, now]
         self._log("downloaded.txt").append(pad(model_id), host, now)
         self._resolved(model_id)
-        return status
 
     def keep_beside(self, model_id: int, data: bytes, why: str) -> Path:
         """Save a worse answer as ``<id>.<UTC>.json`` beside the good copy and log it in history.txt."""

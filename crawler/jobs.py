@@ -104,7 +104,7 @@ class Crawler:
         self.stats.done += 1
 
     async def _saved(self, model_id: int, model: dict, host: str) -> None:
-        status = self.dump.save_model(model_id, model, host)
+        status = self.dump.save_model(model_id, model, host)  # small file: a thread hop costs more than it saves
         self.stats.found += 1
         if status == "kept":
             self.stats.kept += 1
