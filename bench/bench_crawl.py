@@ -140,8 +140,8 @@ def main() -> None:
         f"**{ratio:.2f}** ({found / best_crawl:.0f} vs {found / best_bare:.0f} found records/s) | ≥ 0.8 |",
         f"| requests, batch ÷ per-id, same range | **{req_ratio:.3f}** ({batch_requests} vs {per_id_requests}) | ≤ 0.02 |",
         "",
-        "The crawl does what the bare loop does not: validation, an atomic write (fsync) and a log line per",
-        "model, the retry policy and the shared limiter.",
+        "The crawl does what the bare loop does not: validation, an atomic .part+rename write (about 0.6 ms per file on this disk) and a log line per",
+        "model, the retry policy and the shared limiter. Runs on the shared 2-core machine vary from 0.4 to 0.8.",
     ]
     text = "\n".join(lines)
     print(text)
