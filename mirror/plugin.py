@@ -57,7 +57,9 @@ async def _find_db(datasette):
 
 
 def _error(message: str, status: int) -> Response:
-    return Response.json({"error": message}, status=status)
+    # compact like Civitai's own answer: {"error":"Model not found"}
+    return Response(json.dumps({"error": message}, separators=(",", ":")), status=status,
+                    content_type="application/json; charset=utf-8")
 
 
 async def _run(datasette, fn):
@@ -79,7 +81,7 @@ async def model_view(datasette, request):
     def fn(conn):
         body = api.model_response(conn, model_id)
         if body is None:
-            return _error(f"No model with id {model_id}", 404)
+            return _error("Model not found", 404)
         return Response.json(body)
     return await _run(datasette, fn)
 
