@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "build": "mirror.cli:build",
     "lookup": "mirror.cli:lookup",
     "serve": "mirror.cli:serve",
+    "demo": "mirror.cli:demo",
     # matcher
     "scan": "matcher.cli:scan",
     "hash": "matcher.cli:hash_files",

@@ -248,7 +248,7 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
 # (model id, name, type, base model, generation, local file or None, mode)
 SAMPLE_MODELS: list[tuple[int, str, str, str, str, str | None, str | None]] = [
     (110, "Dreamy Mix", "Checkpoint", "SD 1.5", "2025", "checkpoints/dreamy_mix_v2.safetensors", None),
-    (120, "Old Realism", "Checkpoint", "SD 1.5", "2023", "checkpoints/old_realism.ckpt", None),
+    (120, "Old Realism", "Checkpoint", "SD 1.5", "2023", "checkpoints/old_realism.ckpt", "Archived"),
     (130, "Paper Cut Style", "LORA", "SDXL 1.0", "2026", "loras/paper_cut_style.safetensors", None),
     (140, "Detail Slider", "LoCon", "SD 1.5", "2024", "loras/detail_slider_locon.safetensors", None),
     (150, "Ink Wash Pony", "LORA", "Pony", "2026", "loras/inkwash_pony.safetensors", None),
@@ -386,30 +386,40 @@ def _block_path(dump: Path, model_id: int, suffix: str = "") -> Path:
     return dump / f"{block:08d}" / f"{model_id:08d}{suffix}.json"
 
 
-def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
-    """Write the dump (model JSON + logs) for the collection written by write_sample_collection."""
+def collection_hashes(collection: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Hashes and sizes of the collection's model files, through the matcher's one hashing function."""
     from matcher.hashing import hash_file
 
-    dump, collection = Path(dump), Path(collection)
-    hashes: dict[str, dict[str, Any]] = {}
-    sizes: dict[str, int] = {}
-    for rel in collection_model_files():
-        hashes[rel] = hash_file(collection / rel)
-        sizes[rel] = (collection / rel).stat().st_size
+    collection = Path(collection)
+    hashes = {rel: hash_file(collection / rel) for rel in collection_model_files()}
+    sizes = {rel: (collection / rel).stat().st_size for rel in collection_model_files()}
+    return hashes, sizes
+
+
+def sample_models(collection: str | Path, *, latest: bool = False) -> list[dict[str, Any]]:
+    """Every sample model as the API answers it. ``latest`` gives the Archived/TakenDown answers
+    for the models that are gone; otherwise their earlier, complete answers."""
+    hashes, sizes = collection_hashes(collection)
+    return [sample_model(entry if latest else entry[:6] + (None,), hashes, sizes) for entry in SAMPLE_MODELS]
+
+
+def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
+    """Write the dump (model JSON + logs) for the collection written by write_sample_collection.
+
+    Gone models are written as the crawler leaves them: the good copy in ``<id>.json`` and the
+    later Archived answer beside it (never clobber)."""
+    dump = Path(dump)
+    earlier = sample_models(collection)
+    latest = sample_models(collection, latest=True)
     now = "2026-11-01T00:00:00Z"
     ids = []
-    for entry in SAMPLE_MODELS:
-        mid, mode = entry[0], entry[6]
+    for entry, good, last in zip(SAMPLE_MODELS, earlier, latest):
+        mid = entry[0]
         path = _block_path(dump, mid)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if mode:
-            # history: the good copy first, then the Archived answer saved beside it (never clobber)
-            good = sample_model(entry[:6] + (None,), hashes, sizes)
-            path.write_text(json.dumps(good, indent=1))
-            side = _block_path(dump, mid, ".20261101T000000Z")
-            side.write_text(json.dumps(sample_model(entry, hashes, sizes), indent=1))
-        else:
-            path.write_text(json.dumps(sample_model(entry, hashes, sizes), indent=1))
+        path.write_text(json.dumps(good, indent=1))
+        if last != good:
+            _block_path(dump, mid, ".20261101T000000Z").write_text(json.dumps(last, indent=1))
         ids.append(mid)
     (dump / "downloaded.txt").write_text("".join(f"{i:08d}\tdemo\t{now}\n" for i in ids))
     (dump / "notfound.txt").write_text("".join(f"{i:08d}\tdemo\t{now}\n" for i in (105, 115, 999)))
@@ -420,3 +430,36 @@ def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+MARKER = ".civitai-mirror-demo"
+
+
+def demo_steps(directory: Path, *, serve: bool, host: str, port: int) -> list[list[str]]:
+    """The commands the demo runs, in order, as a user would type them (relative to ``directory``)."""
+    steps = [
+        ["build", "civitai-meta", "--db", "civitai.sqlite"],
+        ["scan", "collection", "--db", "library.sqlite"],
+        ["match", "--db", "library.sqlite", "--civitai-db", "civitai.sqlite"],
+        ["sort", "--dest", "sorted", "--dry-run", "--db", "library.sqlite", "--civitai-db", "civitai.sqlite"],
+        ["lookup", "--db", "civitai.sqlite", "SHA256_OF_DREAMY_MIX"],
+    ]
+    if serve:
+        steps.append(["serve", "--db", "civitai.sqlite", "--library", "library.sqlite",
+                      "--dump", "civitai-meta", "--host", host, "--port", str(port)])
+    return steps
+
+
+def prepare_demo(directory: str | Path) -> Path:
+    """Write the sample collection and dump into ``directory`` (once; never over a user's files)."""
+    directory = Path(directory).resolve()
+    if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
+        raise FileExistsError(f"{directory} exists and is not a civitai-mirror demo folder; "
+                              "choose another with --dir")
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).write_text("sample data written by `civitai-mirror demo`\n")
+    if not (directory / "collection").exists():
+        write_sample_collection(directory / "collection")
+    if not (directory / "civitai-meta").exists():
+        write_sample_dump(directory / "civitai-meta", directory / "collection")
+    return directory
