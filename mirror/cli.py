@@ -161,3 +161,54 @@ def serve(db_path: str, library: str | None, dump_dir: str | None, host: str, po
     click.echo(f"Serving {served} at http://{host}:{port}/", nl=True)
     sys.stdout.flush()
     run_server(ds, host, port)
+
+
+@click.command(name="demo")
+@click.option("--dir", "directory", default="civitai-mirror-demo", show_default=True,
+              type=click.Path(file_okay=False),
+              help="Folder for the sample dump, collection and databases (created; reused on a re-run).")
+@click.option("--serve/--no-serve", "serve_after", default=True, show_default=True,
+              help="Start `serve` at the end (Ctrl-C stops it).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=int)
+def demo(directory: str, serve_after: bool, host: str, port: int) -> None:
+    """Run the whole pipeline offline on bundled sample data, then serve it.
+
+    Writes a small sample dump (30 made-up models of every type and schema generation) and a
+    sample collection (tiny real safetensors files and images whose infotexts reference them),
+    then runs build, scan (with extract), match, a dry-run sort and a lookup, printing each
+    command as you would type it, and finally serves both databases in Datasette.
+
+    \b
+    Example:
+        civitai-mirror demo
+        civitai-mirror demo --dir /tmp/cm-demo --no-serve
+    """
+    import os
+
+    from crawler.main import cli
+    from matcher.hashing import hash_file
+    from mirror.demo import demo_steps, prepare_demo
+
+    try:
+        root = prepare_demo(directory)
+    except FileExistsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Sample dump in {root / 'civitai-meta'}, sample collection in {root / 'collection'}")
+    dreamy = hash_file(root / "collection" / "checkpoints" / "dreamy_mix_v2.safetensors")["AutoV2"].lower()
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        for args in demo_steps(root, serve=serve_after, host=host, port=port):
+            args = [dreamy if a == "SHA256_OF_DREAMY_MIX" else a for a in args]
+            click.echo(click.style(f"\n$ civitai-mirror {' '.join(args)}", bold=True))
+            try:
+                cli.main(args, prog_name="civitai-mirror", standalone_mode=False)
+            except SystemExit as exit_:  # lookup exits 1 when a hash is unknown, like grep
+                if exit_.code not in (0, None):
+                    raise click.ClickException(f"step failed: civitai-mirror {' '.join(args)}") from None
+    finally:
+        os.chdir(previous)
+    if not serve_after:
+        click.echo(f"\nDone. Serve it with: cd {root} && civitai-mirror serve --db civitai.sqlite "
+                   "--library library.sqlite --dump civitai-meta")
