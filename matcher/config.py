@@ -17,7 +17,8 @@ import click
 
 ENV_VAR = "CIVITAI_MIRROR_CONFIG"
 DEFAULT_MAX_FILE_SIZE = 10 * 2**30
-DEFAULT_MODEL_TYPE_FOLDERS = "checkpoint,loras,embedding,textualinversion,hypernetwork,controlnet,other"
+# issue 6: one folder per model type; `type=Folder` pairs change single names
+DEFAULT_MODEL_TYPE_FOLDERS = "checkpoints,loras,embeddings,hypernetworks,controlnet,vae,upscalers,other"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,

@@ -136,12 +136,6 @@ def type_folders(config: Any = None) -> dict[str, str]:
     """
     folders = dict(DEFAULT_TYPE_FOLDERS)
     value = _cfg(config, "model_type_folders")
-    try:   # matcher.config's own default (file_scanner's list) means "not set": keep ours
-        from matcher.config import DEFAULT_MODEL_TYPE_FOLDERS, parse_model_type_folders
-        if value == parse_model_type_folders(DEFAULT_MODEL_TYPE_FOLDERS):
-            value = None
-    except ImportError:
-        pass
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
