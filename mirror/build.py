@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 HASH_TYPES = ("AutoV1", "AutoV2", "AutoV3", "SHA256", "CRC32", "BLAKE3")
 _HASH_CANON = {t.lower(): t for t in HASH_TYPES}
-SIDE_FILE = re.compile(r"^(\d+)\.(\d{8}T\d{6}Z)\.json$")
+# the crawler adds "-N" when two answers are kept beside the good copy in the same second
+SIDE_FILE = re.compile(r"^(\d+)\.(\d{8}T\d{6}Z)(?:-(\d+))?\.json$")
 MAIN_FILE = re.compile(r"^(\d+)\.json$")
 IMAGE_FILE = re.compile(r"^(\d+)\.[A-Za-z0-9]+$")
 _TAG_RE = re.compile(r"<[^>]+>")
@@ -234,7 +235,10 @@ def parse_document(raw: bytes, rel_path: str, mtime: float) -> tuple[list[Snapsh
         if snaps:
             return snaps, None
         return [], "a list without Civitai models or versions"
-    if isinstance(doc, dict) and "error" in doc and name_id is not None and len(doc) <= 3:
+    if name_id is not None and (
+            (isinstance(doc, dict) and "error" in doc and (side or len(doc) <= 3))
+            or (side and (doc is None or isinstance(doc, str)))):
+        # a 404 body: the crawler keeps it beside the good copy on a refresh (history.txt)
         return [Snapshot(name_id, "notfound", fetched_at, rel_path, whole_sha, raw.decode())], None
     return [], "not a Civitai model, model version or list page"
 

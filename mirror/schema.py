@@ -116,7 +116,8 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
         "not_null": {"model_id", "version_id", "type", "data", "created_at", "updated_at"},
         "defaults": {"_archived": 0},
         "foreign_keys": [("model_id", "models", "id"), ("version_id", "model_versions", "id")],
-        "indexes": [["model_id"], ["version_id"], ["sha256"], ["name"]],
+        # sizeKB: the matcher's size-only suggestions switch on when an index starts with it
+        "indexes": [["model_id"], ["version_id"], ["sha256"], ["name"], ["sizeKB"]],
     },
     "archived_model_files": {
         "columns": {"file_id": int, "model_id": int, "version_id": int},
@@ -137,7 +138,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
         },
         "pk": "id",
         "foreign_keys": [("version_id", "model_versions", "id"), ("model_id", "models", "id")],
-        "indexes": [["version_id"], ["model_id"]],
+        "indexes": [["version_id"], ["model_id"], ["width", "height"]],
     },
     "tags": {
         "columns": {"id": int, "name": str},

@@ -204,3 +204,44 @@ def test_build_real_samples(shared_dir, tmp_path):
         ('["Sell"]',), ("[]",)]
     assert rows(db, "SELECT version_id, model_id FROM file_hashes WHERE hash = '2C6C9B3E47'") == [
         (5021, 4437)]
+
+
+def test_404_side_files_mean_gone_upstream(built):
+    """The crawler keeps a refresh's 404 body beside the good copy (``-N`` when in the same second)."""
+    dump, db, _ = built
+    block = dump / "00000000"
+    (block / "00000101.20261110T000000Z.json").write_text('{\n  "error": "Model not found"\n}\n')
+    (block / "00000101.20261110T000000Z-1.json").write_text('{"error": "Model not found"}\n')
+    (block / "00000102.20261111T000000Z.json").write_text('"Not Found"\n')
+    (block / "00000106.20261112T000000Z.json").write_text(
+        '{"error": "Not found", "message": "No model with id 106", "status": 404, "code": "x"}')
+    (block / "00000110.20261112T000000Z.json").write_text('{"error": "No model with id 110"}')
+    (dump / "history.txt").write_text("00000101\t404 on refresh\t00000101.20261110T000000Z.json\t"
+                                      "2026-11-10T00:00:00Z\n")
+    summary = build_mirror(dump, db)
+    assert summary.errors == [("00000000/00000108.json",
+                               "broken JSON: unexpected end of data: line 1 column 29 (char 28)")]
+    assert summary.skipped == 0 and summary.files_read == 5
+    assert rows(db, "SELECT id, name, _gone, _last_seen FROM models WHERE id IN (101, 102, 106, 110) "
+                    "ORDER BY id") == [
+        (101, "Detail Slider", 1, "2026-11-10T00:00:00Z"),
+        (102, "Mix Checkpoint", 1, "2026-11-11T00:00:00Z"),
+        (106, "Listed One", 1, "2026-11-12T00:00:00Z")]
+    # the files stay findable by hash
+    assert rows(db, "SELECT count(*) FROM file_hashes WHERE model_id = 101") != [(0,)]
+    assert rows(db, "SELECT kind, count(*) FROM model_snapshots WHERE model_id IN (101, 110) "
+                    "GROUP BY kind ORDER BY kind") == [("model", 1), ("notfound", 3)]
+    # a full rebuild says the same
+    full = build_mirror(dump, db, full=True)
+    assert full.models == 8
+    assert rows(db, "SELECT id FROM models WHERE _gone = 1 ORDER BY id") == [(101,), (102,), (105,), (106,)]
+
+
+def test_indexes_the_matcher_uses(built):
+    _, db, _ = built
+    import sqlite_utils
+    tables = sqlite_utils.Database(db)
+    assert ["sizeKB"] in [ix.columns for ix in tables["model_files"].indexes]
+    assert ["width", "height"] in [ix.columns for ix in tables["images"].indexes]
+    from matcher.match import Mirror  # the matcher's own probe switches size-only suggestions on
+    assert Mirror(tables).indexed("model_files", "sizeKB")
