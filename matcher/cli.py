@@ -501,29 +501,49 @@ def _open_match_dbs(db_path: str, civitai_db: str | None, need_civitai: bool = T
 @click.option("--dump", "dump_dir", type=click.Path(file_okay=False),
               help="Dump folder --online saves new models into (default: the mirror's dump).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model file and per image.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="config.ini whose [derived] section defines derived fields "
+                   "(default: $CIVITAI_MIRROR_CONFIG or ./config.ini).")
+@click.option("--debug", is_flag=True,
+              help="Store an error marker (derived_fields.error) for a derived field that fails.")
 def match(db_path: str, civitai_db: str, online: bool, api_base: tuple[str, ...], dump_dir: str | None,
-          as_json: bool) -> None:
+          as_json: bool, config_path: str | None = None, debug: bool = False) -> None:
     """Match model files by hash and images by their resources against the mirror.
 
     Model files are tried by SHA256, AutoV3, AutoV2, BLAKE3, CRC32 (with size) and AutoV1;
     unmatched files get name/size suggestions only. Images resolve every resource they name
     (Civitai resources, hashes, file names) to a version and to the local file. Pins win.
+    Then the [derived] fields of config.ini are evaluated for every file (table derived_fields).
 
     \b
     Example:
         civitai-mirror match --db library.sqlite --civitai-db civitai.sqlite
         civitai-mirror match --json | jq 'select(.version_id == null) | .path'
         civitai-mirror match --online --dump civitai-meta
+        civitai-mirror match --config config.ini --debug
     """
+    import configparser
     import json as _json
 
+    from matcher.config import find_config
+    from matcher.derived import DerivedError, load_derived_fields
     from matcher.match import iter_match_records, match_library
 
+    found = find_config(config_path)
+    try:
+        fields = load_derived_fields(found)
+    except (DerivedError, configparser.Error) as exc:
+        raise click.ClickException(f"{found}: [derived]: {str(exc).splitlines()[0]}") from None
     db, cdb = _open_match_dbs(db_path, civitai_db)
     try:
-        summary = match_library(db, cdb, online=online, api_base=list(api_base) or None, dump_dir=dump_dir)
+        summary = match_library(db, cdb, online=online, api_base=list(api_base) or None, dump_dir=dump_dir,
+                                derived_fields=fields, debug=debug)
     except RuntimeError as exc:  # --online network failures after retries
         raise click.ClickException(str(exc))
+    d = summary.get("derived") or {}
+    for name, count in (d.get("errors") or {}).items():
+        click.echo(f"derived field {name}: failed for {count} file(s), "
+                   f"{'error marker stored' if debug else 'nothing stored'}: {d['first_error'][name]}", err=True)
     if as_json:
         for record in iter_match_records(db):
             click.echo(_json.dumps(record, ensure_ascii=False))
@@ -538,6 +558,9 @@ def match(db_path: str, civitai_db: str, online: bool, api_base: tuple[str, ...]
     if online:
         click.echo(f"Online: looked up {s['online_queried']}, found {s['online_found']}, "
                    f"errors {s['online_errors']}")
+    if d.get("fields"):
+        click.echo(f"Derived fields: {d['fields']} over {d['files']} files, {d['values']} values, "
+                   f"{sum(d['errors'].values())} errors; {d['written']} rows written, {d['removed']} removed")
 
 
 @click.command(name="pin")

@@ -152,6 +152,15 @@ MATCH_TABLES: dict[str, dict[str, Any]] = {
         "pk": ("file_id", "source"),
         "indexes": [["lookup_status"]],
     },
+    # config.ini [derived] fields, evaluated by `match` after enrichment: one row per file and field.
+    # value is declared BLOB (no type affinity) so it keeps its type: integer (true/false as 1/0),
+    # real, text, JSON text for lists; NULL when the expression gave null. error is set only with
+    # `match --debug` (then value is NULL); without it a failing field has no row.
+    "derived_fields": {
+        "columns": {"file_id": int, "name": str, "value": bytes, "error": str, "_updated_at": str},
+        "pk": ("file_id", "name"),
+        "indexes": [["name", "value"]],
+    },
 }
 
 # ---- sort (runs, journal) ----------------------------------------------------
@@ -200,3 +209,6 @@ def open_library(path: str | Path) -> sqlite_utils.Database:
 
 def ensure_library(db: sqlite_utils.Database) -> None:
     apply_schema(db, LIBRARY_SCHEMA)
+    from mirror.library_view import ensure_views  # SQL views for `serve` (file_overview, ...)
+
+    ensure_views(db)
