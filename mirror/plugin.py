@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 import markupsafe
 from datasette import hookimpl
 from datasette.utils.asgi import Response, asgi_send_file
 
-from mirror import api
+from mirror import api, library_view
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.[A-Za-z0-9]+$")
@@ -177,6 +179,8 @@ def skip_csrf(datasette, scope):
 
 @hookimpl
 def render_cell(value, column, table, database, datasette):
+    if database == "library":
+        return library_view.render_library_cell(value, column, table, datasette)
     if table == "images" and column == "local_path" and isinstance(value, str) \
             and _LOCAL_IMAGE.match(value):
         src = datasette.urls.path(f"/-/civitai-images/{value}")
@@ -184,3 +188,36 @@ def render_cell(value, column, table, database, datasette):
             '<a href="{src}"><img src="{src}" loading="lazy" alt="{alt}" '
             'style="max-width:160px;max-height:160px"></a>').format(src=src, alt=value)
     return None
+
+
+@hookimpl
+def prepare_connection(conn, database, datasette):
+    # The library's connections see the mirror as schema `civitai` (read-only, immutable), so its
+    # canned queries can join your files to Civitai's state. Nothing is written to either file.
+    if database != "library":
+        return
+    mirror_db = datasette.databases.get("civitai")
+    if mirror_db is None or not mirror_db.path:
+        return
+    qs = "immutable=1" if not mirror_db.is_mutable else "mode=ro"
+    try:
+        conn.execute("ATTACH DATABASE ? AS civitai",
+                     [f"file:{quote(str(mirror_db.path), safe='/')}?{qs}"])
+    except sqlite3.Error:  # already attached, or unreadable: the library still serves
+        pass
+
+
+@hookimpl
+def extra_template_vars(template, database, table, view_name, request, datasette):
+    if not (view_name == "row" and database == "library" and table == "files" and request):
+        return {}
+
+    async def inner():
+        try:
+            file_id = int(request.url_vars.get("pks", ""))
+        except ValueError:
+            return {"library_file": None}
+        db = datasette.get_database("library")
+        details = await db.execute_fn(lambda conn: library_view.file_details(conn, file_id))
+        return {"library_file": details}
+    return inner

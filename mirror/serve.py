@@ -16,6 +16,8 @@ import yaml
 log = logging.getLogger(__name__)
 
 METADATA_FILE = Path(__file__).resolve().parent.parent / "datasette_metadata.yml"
+# row-library-files.html: the file page of library.sqlite (summary above the raw row).
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def load_metadata(path: Path | None = None) -> dict[str, Any]:
@@ -56,7 +58,8 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
     plugin_config["database"] = "civitai"
     if dump_dir is not None:
         plugin_config["dump_dir"] = str(Path(dump_dir).resolve())
-    ds = Datasette([], metadata=meta, settings={"sql_time_limit_ms": 3000})
+    ds = Datasette([], metadata=meta, settings={"sql_time_limit_ms": 3000},
+                   template_dir=str(TEMPLATES))
     if "_memory" in ds.databases:  # Datasette adds it when started without files
         ds.remove_database("_memory")
     ds.add_database(Database(ds, path=str(Path(db_path).resolve()), is_mutable=False), name="civitai")
