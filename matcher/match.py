@@ -609,6 +609,24 @@ def cross_reference_with_civitai(sha256_hash: str | None, blur_hash: str | None,
                  "near-match only, low confidence")
 
 
+def orphan_result(row: dict, blur_hash: str | None, mirror: Mirror) -> dict:
+    """The match result of an image without usable metadata (a ``files`` row and its BlurHash):
+    ``cross_reference_with_civitai`` against the mirror's preview images."""
+    hit = cross_reference_with_civitai(row.get("sha256"), blur_hash, mirror, width=row.get("width"),
+                                       height=row.get("height"), size=row.get("size"))
+    if hit and hit["version_id"] is not None:
+        info = mirror.version(hit["version_id"]) or {"version_id": hit["version_id"]}
+        res = _result({**info, "model_id": hit["model_id"] or info.get("model_id")},
+                      hash_type=hit["method"], confidence=hit["confidence"],
+                      reason="orphan image: " + hit["reason"])
+        res["civitai_image_id"] = hit["image_id"]
+    else:
+        res = _result(None, hash_type=None, confidence=None,
+                      reason="orphan image (no metadata); no Civitai preview image looks like it")
+    res["pinned"] = 0
+    return res
+
+
 # ---- the whole library ----------------------------------------------------------------------
 
 def match_library(db: sqlite_utils.Database, civitai_db: sqlite_utils.Database | str | Path | None, *,
@@ -775,20 +793,9 @@ def _match_images(db, rows, mirror: Mirror, summary: dict, progress) -> None:
             res["pinned"] = 0
         else:
             summary["orphans"] += 1
-            hit = cross_reference_with_civitai(row.get("sha256"), blurhashes.get(row["id"]), mirror,
-                                               width=row.get("width"), height=row.get("height"),
-                                               size=row.get("size"))
-            if hit and hit["version_id"] is not None:
-                info = mirror.version(hit["version_id"]) or {"version_id": hit["version_id"]}
-                res = _result({**info, "model_id": hit["model_id"] or info.get("model_id")},
-                              hash_type=hit["method"], confidence=hit["confidence"],
-                              reason="orphan image: " + hit["reason"])
-                res["civitai_image_id"] = hit["image_id"]
+            res = orphan_result(row, blurhashes.get(row["id"]), mirror)
+            if res["version_id"] is not None:
                 summary["orphans_matched"] += 1
-            else:
-                res = _result(None, hash_type=None, confidence=None,
-                              reason="orphan image (no metadata); no Civitai preview image looks like it")
-            res["pinned"] = 0
         if res["version_id"] is not None:
             summary["images_matched"] += 1
         matches.append(_match_row(row["id"], res, now))
