@@ -46,6 +46,45 @@ def find_library(db_path: Path, library: str | Path | None) -> Path | None:
     return beside if beside.exists() else None
 
 
+def _columns_of(path: Path) -> dict[str, set[str]]:
+    """Tables and views of a SQLite file and their columns, read without writing anything."""
+    import sqlite3
+    from urllib.parse import quote
+
+    conn = sqlite3.connect(f"file:{quote(str(path), safe='/')}?mode=ro", uri=True)
+    try:
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+        return {name: {r[1] for r in conn.execute(f"PRAGMA table_xinfo([{name}])")} for name in names}
+    except sqlite3.Error as exc:
+        log.warning("could not read the schema of %s: %s", path, exc)
+        return {}
+    finally:
+        conn.close()
+
+
+def prune_table_metadata(meta: dict, database: str, path: Path) -> None:
+    """Drop facets, sorts and label columns naming columns an older (or partial) file lacks.
+
+    Datasette answers 400 for a table page whose configured facet column does not exist; a
+    library.sqlite written before a column was added must still browse.
+    """
+    tables = ((meta.get("databases") or {}).get(database) or {}).get("tables") or {}
+    if not tables:
+        return
+    columns = _columns_of(path)
+    for name, config in tables.items():
+        have = columns.get(name)
+        if have is None or not isinstance(config, dict):
+            continue
+        if "facets" in config:
+            config["facets"] = [f for f in config["facets"]
+                                if not isinstance(f, str) or f in have]
+        for key in ("sort", "sort_desc", "label_column"):
+            if key in config and config[key] not in have:
+                del config[key]
+
+
 def make_datasette(db_path: str | Path, library: str | Path | None = None,
                    dump_dir: str | Path | None = None, metadata: dict | None = None):
     """A ready Datasette instance; call ``invoke_startup`` (or use ``.client``) before serving."""
@@ -58,6 +97,8 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
     plugin_config["database"] = "civitai"
     if dump_dir is not None:
         plugin_config["dump_dir"] = str(Path(dump_dir).resolve())
+    if library is not None:
+        prune_table_metadata(meta, "library", Path(library))
     ds = Datasette([], metadata=meta, settings={"sql_time_limit_ms": 3000},
                    template_dir=str(TEMPLATES))
     if "_memory" in ds.databases:  # Datasette adds it when started without files

@@ -265,3 +265,15 @@ def test_ensure_views_is_idempotent_and_refreshes_changed_sql(tmp_path):
     ensure_views(db)
     assert db.execute("PRAGMA schema_version").fetchone()[0] == version
     assert list(db.query("select * from file_overview")) == []
+
+
+async def test_an_old_partial_library_still_browses(world, tmp_path):
+    old = sqlite_utils.Database(tmp_path / "library.sqlite")
+    old["files"].insert({"id": 1, "path": "/x/a.safetensors", "size": 5}, pk="id")
+    old.close()
+    ds = make_datasette(world["civitai"], tmp_path / "library.sqlite")
+    await ds.invoke_startup()
+    listing = await ds.client.get("/library/files.json")
+    assert listing.status_code == 200 and listing.json()["rows"] == [[1, "/x/a.safetensors", 5]]
+    page = text_of((await ds.client.get("/library/files/1")).text)
+    assert "/x/a.safetensors" in page and "Not matched yet (run civitai-mirror match )." in page
