@@ -39,7 +39,7 @@ RESULTS = REPO / "bench" / "RESULTS.md"
 
 
 def load_templates() -> list[dict]:
-    """Model-shaped samples (single answers and list items), trimmed toward today's mean size."""
+    """Model-shaped samples (single answers and list items), images without ``meta`` (today's shape)."""
     templates = []
     for path in sorted(SAMPLES.glob("*.json")):
         doc = orjson.loads(path.read_bytes())
@@ -47,22 +47,47 @@ def load_templates() -> list[dict]:
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("modelVersions"), list):
                 item = copy.deepcopy(item)
-                item["modelVersions"] = item["modelVersions"][:2]
                 for version in item["modelVersions"]:
                     version["images"] = [{k: v for k, v in im.items() if k != "meta"}
-                                         for im in (version.get("images") or [])[:4]]
+                                         for im in (version.get("images") or [])]
                 templates.append(item)
     return templates
 
 
-def make_dump(root: Path, n_models: int, seed: int = 1) -> tuple[int, int]:
+# Shape of a real model (reference/civitai-api.md §4.1): 1.30 versions per model, 1.05 files per
+# version; compact JSON without image meta: mean 5.5 KB, median 4.2 KB, p90 9.2 KB. The samples
+# (top-rated checkpoints, long descriptions) are bigger, so each generated model draws its counts
+# and description length from these distributions (tuned so the dump matches those sizes).
+VERSIONS = ([1] * 78) + ([2] * 16) + ([3] * 4) + ([4] * 2)  # mean 1.30
+IMAGES = [1, 2, 2, 3, 3, 4, 4, 5, 6, 8]  # preview images per version
+
+
+def realistic(templates: list[dict], rng: random.Random) -> dict:
+    n = rng.choice(VERSIONS)
+    model = copy.deepcopy(rng.choice([t for t in templates if len(t["modelVersions"]) >= n]))
+    model["modelVersions"] = versions = model["modelVersions"][:n]
+    for version in versions:
+        files = (version.get("files") or [])[:1]
+        if files and rng.random() < 0.05:  # 1.05 files per version
+            files.append(copy.deepcopy(files[0]))
+        version["files"] = files
+        version["images"] = (version.get("images") or [])[:rng.choice(IMAGES)]
+        if isinstance(version.get("description"), str):
+            version["description"] = version["description"][:int(rng.lognormvariate(5.0, 1.0))]
+    if isinstance(model.get("description"), str):
+        model["description"] = model["description"][:int(rng.lognormvariate(7.7, 1.2))]
+    return model
+
+
+def make_dump(root: Path, n_models: int, seed: int = 1, indent: bool = False) -> tuple[int, int]:
     """Write n_models model files in the crawler's blocked layout; returns (files, bytes)."""
     rng = random.Random(seed)
     templates = load_templates()
     version_id, file_id, image_id = 10_000_000, 20_000_000, 30_000_000
     total = 0
+    option = orjson.OPT_INDENT_2 if indent else 0  # the crawler itself writes indent-2
     for i in range(1, n_models + 1):
-        model = copy.deepcopy(rng.choice(templates))
+        model = realistic(templates, rng)
         model["id"] = i
         for version in model["modelVersions"]:
             version_id += 1
@@ -82,7 +107,7 @@ def make_dump(root: Path, n_models: int, seed: int = 1) -> tuple[int, int]:
                 image["url"] = re.sub(r"/\d+\.(\w+)$", rf"/{image_id}.\1", image.get("url") or "")
         block = root / f"{i // 10000 * 10000:08d}"
         block.mkdir(exist_ok=True)
-        data = orjson.dumps(model, option=orjson.OPT_SORT_KEYS)
+        data = orjson.dumps(model, option=option)
         (block / f"{i:08d}.json").write_bytes(data)
         total += len(data)
     return n_models, total

@@ -29,6 +29,7 @@ import gc
 import hashlib
 import html
 import logging
+import operator
 import os
 import re
 import sqlite3
@@ -146,11 +147,10 @@ def _bool(value: Any) -> int | None:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
+    kind = type(value)
+    if kind is int:
         return value
-    if isinstance(value, float):
+    if kind is float or kind is bool or isinstance(value, int):
         return int(value)
     return None
 
@@ -462,7 +462,39 @@ def _insert_sql(table: str, columns: list[str], verb: str = "INSERT OR REPLACE")
 
 _COLS = {name: list(spec["columns"]) for name, spec in CIVITAI_SCHEMA.items()}
 _SQL = {name: _insert_sql(name, cols) for name, cols in _COLS.items()}
+_GETTERS = {name: operator.itemgetter(*cols) for name, cols in _COLS.items() if len(cols) > 1}
 _CHILD_TABLES = ("model_versions", "model_files", "file_hashes", "images", "archived_model_files")
+
+
+@dataclass
+class Packed:
+    """A model's rows as tuples in ``_COLS`` order, ready for ``executemany`` (cheap to pickle)."""
+    model_id: int
+    model: tuple
+    versions: list[tuple]
+    files: list[tuple]
+    hashes: list[tuple]
+    images: list[tuple]
+    archived: list[tuple]
+    tags: list[str]
+    creator: tuple | None
+
+
+def pack(rows: ModelRows) -> Packed:
+    def tup(table: str, dicts: list[dict]) -> list[tuple]:
+        return list(map(_GETTERS[table], dicts))
+    return Packed(rows.model["id"], tup("models", [rows.model])[0], tup("model_versions", rows.versions),
+                  tup("model_files", rows.files), rows.hashes, tup("images", rows.images),
+                  [(f["id"], f["model_id"], f["version_id"]) for f in rows.files if f["_archived"]],
+                  rows.tags, (rows.creator["username"], rows.creator["image"]) if rows.creator else None)
+
+
+def snapshot_row(s: Snapshot) -> tuple:
+    return (s.model_id, s.sha, s.fetched_at, s.kind,
+            (s.data or {}).get("mode") if s.kind == "model" else None,
+            len(s.data.get("modelVersions") or []) if s.kind == "model" else
+            (1 if s.kind == "version" else 0),
+            _file_count(s), s.path, s.text)
 
 
 class _Writer:
@@ -475,18 +507,13 @@ class _Writer:
         self.tag_ids = {name: tid for tid, name in conn.execute("SELECT id, name FROM tags")}
         self.next_tag = max(self.tag_ids.values(), default=0) + 1
 
-    def insert_snapshots(self, snaps: list[Snapshot]) -> None:
+    def insert_snapshots(self, snap_rows: list[tuple]) -> None:
         before = self.conn.total_changes
         self.conn.executemany(
-            _insert_sql("model_snapshots", _COLS["model_snapshots"], "INSERT OR IGNORE"),
-            [(s.model_id, s.sha, s.fetched_at, s.kind,
-              (s.data or {}).get("mode") if s.kind == "model" else None,
-              len(s.data.get("modelVersions") or []) if s.kind == "model" else
-              (1 if s.kind == "version" else 0),
-              _file_count(s), s.path, s.text) for s in snaps])
+            _insert_sql("model_snapshots", _COLS["model_snapshots"], "INSERT OR IGNORE"), snap_rows)
         self.summary.snapshots_new += self.conn.total_changes - before
 
-    def write_models(self, model_ids: list[int], rows: list[ModelRows], clean: bool) -> None:
+    def write_models(self, model_ids: list[int], rows: list[Packed], clean: bool) -> None:
         """Write derived rows; ``clean`` first removes what these models had (re-derivation)."""
         conn = self.conn
         if clean and model_ids:
@@ -506,32 +533,29 @@ class _Writer:
         model_tags = []
         for r in rows:
             if r.creator:
-                creators[r.creator["username"]] = r.creator
+                creators[r.creator[0]] = r.creator
             for tag in r.tags:
                 tid = self.tag_ids.get(tag)
                 if tid is None:
                     tid = self.tag_ids[tag] = self.next_tag
                     self.next_tag += 1
                     conn.execute("INSERT INTO tags (id, name) VALUES (?, ?)", (tid, tag))
-                model_tags.append((r.model["id"], tid))
+                model_tags.append((r.model_id, tid))
         if creators:
             conn.executemany(
                 "INSERT INTO creators (username, image) VALUES (?, ?) ON CONFLICT(username) "
                 "DO UPDATE SET image = coalesce(excluded.image, creators.image)",
-                [(c["username"], c["image"]) for c in creators.values()])
-        for table, getter in (("models", lambda r: [r.model]), ("model_versions", lambda r: r.versions),
-                              ("model_files", lambda r: r.files), ("images", lambda r: r.images)):
-            cols = _COLS[table]
-            conn.executemany(_SQL[table], [tuple(row[c] for c in cols)
-                                           for r in rows for row in getter(r)])
+                list(creators.values()))
+        conn.executemany(_SQL["models"], [r.model for r in rows])
+        conn.executemany(_SQL["model_versions"], [v for r in rows for v in r.versions])
+        conn.executemany(_SQL["model_files"], [f for r in rows for f in r.files])
+        conn.executemany(_SQL["images"], [i for r in rows for i in r.images])
         conn.executemany(_SQL["file_hashes"], [h for r in rows for h in r.hashes])
-        conn.executemany(_SQL["archived_model_files"],
-                         [(f["id"], f["model_id"], f["version_id"]) for r in rows for f in r.files
-                          if f["_archived"]])
+        conn.executemany(_SQL["archived_model_files"], [a for r in rows for a in r.archived])
         conn.executemany("INSERT OR IGNORE INTO models_tags (models_id, tags_id) VALUES (?, ?)",
                          model_tags)
         if not self.fresh and rows:
-            ids = [r.model["id"] for r in rows]
+            ids = [r.model_id for r in rows]
             for start in range(0, len(ids), 500):
                 part = ids[start:start + 500]
                 conn.execute(
@@ -586,9 +610,22 @@ def open_civitai(path: str | Path) -> sqlite_utils.Database:
     return db
 
 
+# A fresh build loads tables bare and adds indexes and full-text tables once at the end (sorting
+# once is cheaper than keeping B-trees ordered row by row); apply_schema then adds what is missing.
+_BARE_SCHEMA = {name: {k: v for k, v in spec.items() if k not in ("indexes", "fts")}
+                for name, spec in CIVITAI_SCHEMA.items()}
+POOL_MIN_FILES = 2000  # below this, worker processes cost more than they save
+TASK_FILES = 250
+
+
 def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> BuildSummary:
-    """Read the dump into civitai.sqlite; returns counts. ``progress(done, total)`` per file."""
+                 progress: Callable[[int, int], None] | None = None,
+                 workers: int | None = None) -> BuildSummary:
+    """Read the dump into civitai.sqlite; returns counts. ``progress(done, total)`` per file.
+
+    ``workers``: processes that read, parse and derive while this one writes (None: one per core
+    when there are at least ``POOL_MIN_FILES`` files to read; 0: everything in this process).
+    """
     dump = Path(dump)
     db_path = Path(db_path)
     if not dump.is_dir():
@@ -599,17 +636,21 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     if fresh and target.exists():
         target.unlink()  # our own leftover from an interrupted build
     db = sqlite_utils.Database(str(target))
-    if fresh:
-        db.execute("PRAGMA journal_mode=OFF")
-        db.execute("PRAGMA synchronous=OFF")
-    apply_schema(db, CIVITAI_SCHEMA)
     conn = db.conn
+    if fresh:  # a temp file swapped in at the end: a crash leaves the old database untouched
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-262144")  # 256 MiB
+        conn.execute("PRAGMA temp_store=MEMORY")
+        apply_schema(db, _BARE_SCHEMA)
+    else:
+        apply_schema(db, CIVITAI_SCHEMA)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small dicts, no cycles: the collector only burns time here
     try:
-        _run_build(conn, dump, summary, fresh, progress)
+        _run_build(conn, dump, summary, fresh, progress, workers)
         if fresh:
-            conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+            apply_schema(db, CIVITAI_SCHEMA)  # indexes, and FTS tables filled from the rows
         conn.execute("UPDATE creators SET model_count = "
                      "(SELECT count(*) FROM models WHERE models.username = creators.username)")
         summary.local_images = link_local_images(conn, dump)
@@ -622,6 +663,7 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
                             ("images", "images")):
             setattr(summary, attr, conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
         if fresh:
+            conn.execute("PRAGMA analysis_limit=1000")
             conn.execute("ANALYZE")
             conn.commit()
     finally:
@@ -633,8 +675,76 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     return summary
 
 
+@dataclass
+class _TaskResult:
+    sources: list[tuple]
+    snapshots: list[tuple]
+    errors: list[tuple[str, str]]
+    skips: list[tuple[str, str]]
+    files_read: int
+    derived: dict[int, Packed | None]  # models seen in this task (None: nothing usable)
+
+
+_SKIP_DERIVE: Any = frozenset()  # models the worker need not derive (re-derived from the db later)
+
+
+def _init_worker(skip: Any) -> None:
+    global _SKIP_DERIVE
+    _SKIP_DERIVE = skip
+    gc.disable()
+
+
+def _read_task(dump: str, items: list[tuple[str, int, int, float]],
+               skip: Any = None) -> _TaskResult:
+    """Read, parse and derive one group of dump files (a model's files are never split)."""
+    skip = _SKIP_DERIVE if skip is None else skip
+    out = _TaskResult([], [], [], [], 0, {})
+    pending: dict[int, list[Snapshot]] = {}
+    for rel, size, mtime_ns, mtime in items:
+        try:
+            with open(os.path.join(dump, rel), "rb") as fh:
+                raw = fh.read()
+            snaps, why = parse_document(raw, rel, mtime)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            out.errors.append((rel, str(exc)))
+            out.sources.append((rel, size, mtime_ns, "error", "[]", str(exc)))
+            continue
+        out.files_read += 1
+        if why:
+            out.skips.append((rel, why))
+        ids = sorted({sn.model_id for sn in snaps})
+        kind = "skipped" if why else (snaps[0].kind if len(snaps) == 1 else "list")
+        out.sources.append((rel, size, mtime_ns, kind, _dumps(ids), why))
+        for sn in snaps:
+            pending.setdefault(sn.model_id, []).append(sn)
+            out.snapshots.append(snapshot_row(sn))
+    for model_id, snaps in pending.items():
+        if model_id in skip:
+            out.derived[model_id] = None
+            continue
+        # dedupe identical snapshots (main file and an identical side file)
+        rows = derive_model(model_id, list({sn.sha: sn for sn in snaps}.values()))
+        out.derived[model_id] = pack(rows) if rows is not None else None
+    return out
+
+
+def _tasks(todo: list[tuple[str, os.stat_result]], size: int) -> Iterator[list[tuple]]:
+    """Groups of about ``size`` files, cut only where the model id (file stem) changes."""
+    task: list[tuple] = []
+    previous = None
+    for rel, st in todo:
+        stem = os.path.basename(rel).split(".", 1)[0]
+        if len(task) >= size and stem != previous:
+            yield task
+            task = []
+        task.append((rel, st.st_size, st.st_mtime_ns, st.st_mtime))
+        previous = stem
+    if task:
+        yield task
+
+
 def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fresh: bool,
-               progress: Callable[[int, int], None] | None) -> None:
+               progress: Callable[[int, int], None] | None, workers: int | None = None) -> None:
     # files that failed last time are read again (the crawler may have finished them since)
     known_sources = {path: (size, mtime_ns) if kind != "error" else None
                      for path, size, mtime_ns, kind in
@@ -667,71 +777,70 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
     summary.files_unchanged = len(on_disk) - len(todo)
     total = len(todo)
     seen_this_build: set[int] = set()
-    chunk: list[tuple[str, os.stat_result]] = []
+    skip = frozenset(known_models | deferred)
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(todo) >= POOL_MIN_FILES else 0
+        workers = workers if workers > 1 else 0
 
-    def flush() -> None:
-        pending: dict[int, list[Snapshot]] = {}
-        all_snaps: list[Snapshot] = []
-        sources = []
-        for rel, st in chunk:
-            try:
-                with open(dump / rel, "rb") as fh:
-                    raw = fh.read()
-                snaps, skip = parse_document(raw, rel, st.st_mtime)
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
-                summary.errors.append((rel, str(exc)))
-                log.warning("%s: %s (skipped)", dump / rel, exc)
-                sources.append((rel, st.st_size, st.st_mtime_ns, "error", "[]", str(exc)))
-                continue
-            summary.files_read += 1
-            if skip:
-                summary.skipped += 1
-                log.info("%s: %s (skipped)", rel, skip)
-            ids = sorted({s.model_id for s in snaps})
-            kind = "skipped" if skip else (snaps[0].kind if len(snaps) == 1 else "list")
-            sources.append((rel, st.st_size, st.st_mtime_ns, kind, _dumps(ids), skip))
-            for s in snaps:
-                pending.setdefault(s.model_id, []).append(s)
-            all_snaps.extend(snaps)
-        writer.insert_snapshots(all_snaps)
-        conn.executemany(_SQL["_sources"], sources)
+    def write(result: _TaskResult) -> None:
+        for rel, error in result.errors:
+            summary.errors.append((rel, error))
+            log.warning("%s: %s (skipped)", dump / rel, error)
+        for rel, why in result.skips:
+            log.info("%s: %s (skipped)", rel, why)
+        summary.files_read += result.files_read
+        summary.skipped += len(result.skips)
+        writer.insert_snapshots(result.snapshots)
+        conn.executemany(_SQL["_sources"], result.sources)
         now_ids, now_rows = [], []
-        for model_id, snaps in pending.items():
-            if model_id in known_models or model_id in seen_this_build or model_id in deferred:
-                deferred.add(model_id)
+        for model_id, rows in result.derived.items():
+            if model_id in skip or model_id in seen_this_build or model_id in deferred:
+                deferred.add(model_id)  # also in another group (list pages): derive from the db
                 continue
-            # dedupe identical snapshots (main file and an identical side file)
-            unique = list({s.sha: s for s in snaps}.values())
-            rows = derive_model(model_id, unique)
             now_ids.append(model_id)
             if rows is not None:
                 now_rows.append(rows)
-        seen_this_build.update(pending)
+        seen_this_build.update(result.derived)
         writer.write_models(now_ids, now_rows, clean=False)
         conn.commit()
 
     done = 0
-    previous_id = None
-    for rel, st in todo:
-        stem = os.path.basename(rel).split(".", 1)[0]
-        if len(chunk) >= CHUNK_FILES and stem != previous_id:
-            flush()
-            done += len(chunk)
-            chunk = []
+    tasks = _tasks(todo, TASK_FILES if workers else CHUNK_FILES)
+    if workers:
+        import collections
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(skip,)) as pool:
+            window: collections.deque = collections.deque()
+            for task in tasks:
+                window.append((len(task), pool.submit(_read_task, str(dump), task)))
+                if len(window) > 2 * workers:
+                    n, future = window.popleft()
+                    write(future.result())
+                    done += n
+                    if progress:
+                        progress(done, total)
+            while window:
+                n, future = window.popleft()
+                write(future.result())
+                done += n
+                if progress:
+                    progress(done, total)
+    else:
+        for task in tasks:
+            write(_read_task(str(dump), task, skip))
+            done += len(task)
             if progress:
                 progress(done, total)
-        chunk.append((rel, st))
-        previous_id = stem
-    if chunk:
-        flush()
-        done += len(chunk)
-        if progress:
-            progress(done, total)
 
     ids = sorted(deferred)
     for start in range(0, len(ids), 500):
         part = ids[start:start + 500]
         loaded = writer.load_snapshots(part)
-        rows = [r for r in (derive_model(mid, loaded.get(mid, [])) for mid in part) if r is not None]
+        rows = [pack(r) for r in (derive_model(mid, loaded.get(mid, [])) for mid in part)
+                if r is not None]
         writer.write_models(part, rows, clean=True)
         conn.commit()

@@ -245,3 +245,24 @@ def test_indexes_the_matcher_uses(built):
     assert ["width", "height"] in [ix.columns for ix in tables["images"].indexes]
     from matcher.match import Mirror  # the matcher's own probe switches size-only suggestions on
     assert Mirror(tables).indexed("model_files", "sizeKB")
+
+
+def test_worker_processes_build_the_same_rows(tmp_path):
+    """Reading and deriving in worker processes (used for big dumps) gives the same database."""
+    dump = copy_dump(tmp_path / "dump")
+    serial, pooled = tmp_path / "serial.sqlite", tmp_path / "pooled.sqlite"
+    import mirror.build as build
+    old = build.TASK_FILES
+    build.TASK_FILES = 2  # several tasks in flight, side files kept with their main file
+    try:
+        a = build_mirror(dump, serial, workers=0)
+        b = build_mirror(dump, pooled, workers=2)
+    finally:
+        build.TASK_FILES = old
+    assert (b.models, b.versions, b.files, b.hashes, b.images, b.errors, b.skipped) == (
+        a.models, a.versions, a.files, a.hashes, a.images, a.errors, a.skipped)
+    for table in ("models", "model_versions", "model_files", "file_hashes", "images",
+                  "model_snapshots", "models_tags", "creators"):
+        assert rows(pooled, f"SELECT * FROM {table} ORDER BY 1, 2") == rows(
+            serial, f"SELECT * FROM {table} ORDER BY 1, 2"), table
+    assert rows(pooled, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'texture'") == [(101,)]
