@@ -277,3 +277,25 @@ async def test_an_old_partial_library_still_browses(world, tmp_path):
     assert listing.status_code == 200 and listing.json()["rows"] == [[1, "/x/a.safetensors", 5]]
     page = text_of((await ds.client.get("/library/files/1")).text)
     assert "/x/a.safetensors" in page and "Not matched yet (run civitai-mirror match )." in page
+
+
+async def test_camera_photos_from_the_corpus_are_searchable_by_exif(shared_dir, tmp_path, world):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for rel in ("unclip/sunset.png", "ltxv/island.jpg"):
+        src = shared_dir / "corpus" / "comfyanonymous__ComfyUI_examples" / rel
+        (photos / src.name).write_bytes(src.read_bytes())
+    library = tmp_path / "library.sqlite"
+    result = CliRunner().invoke(cli, ["scan", str(photos), "--db", str(library)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ds = make_datasette(world["civitai"], library)
+    await ds.invoke_startup()
+    found = await rows(ds.client, "/library/file_overview.json?exif_make=NIKON+CORPORATION")
+    assert [(Path(r["path"]).name, r["exif_model"], r["exif_iso"], r["exif_focal_length"], r["exif_exposure"])
+            for r in found] == [("sunset.png", "NIKON D90", 200, 85.0, "1/200")]
+    query = await rows(ds.client, "/library/photos_by_camera.json?make=nikon&model=d90")
+    assert [(Path(r["path"]).name, r["exif_datetime_original"]) for r in query] == [
+        ("sunset.png", "2013-01-03T17:59:07")]
+    page = text_of((await ds.client.get(f"/library/files/{found[0]['file_id']}")).text)
+    assert "EXIF Camera make NIKON CORPORATION Camera model NIKON D90" in page
+    assert "ISO 200 Focal length 85.0" in page
