@@ -214,7 +214,10 @@ def classify_tensors(shapes: dict[str, tuple], metadata: dict[str, str] | None =
 
     is_lora = any(n.startswith(_KOHYA_PREFIXES) for n in names) or any(
         token in joined for token in (".lora_down.", ".lora_up.", ".lora_A.", ".lora_B.", "lora.down.", ":down", ":up"))
-    is_lycoris = any(token in joined for token in (".hada_w1", ".lokr_w", ".oft_", ".diff", "ia3_w")) or "lycoris" in module
+    # LyCORIS keys: LoHa/LoKr/OFT/IA3 factors, and "full" diffs that end in .diff / .diff_b
+    # (a suffix test: every checkpoint has "model.diffusion_model." in its names)
+    is_lycoris = (any(token in joined for token in (".hada_w1", ".lokr_w", ".oft_", "ia3_w"))
+                  or any(n.endswith((".diff", ".diff_b")) for n in names) or "lycoris" in module)
     is_dora = "dora_scale" in joined or str(args.get("dora_wd", "")).lower() in ("true", "1")
     if is_lora or is_lycoris or is_dora:
         model_type = "dora" if is_dora else ("lycoris" if is_lycoris or args.get("algo") else "lora")
