@@ -81,17 +81,19 @@ def dumps(data: object) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
     """``path.part`` then ``os.replace``: the final name only ever holds a complete file.
 
     That is what makes a killed process harmless. ``fsync`` also survives power loss, at a cost
     per file too high for a crawl of millions of small files (ext4 and most journaling file
-    systems flush a replaced file before the rename anyway)."""
-    part = path.with_name(path.name + ".part")
+    systems flush a replaced file before the rename anyway). The folder is created only when
+    the first open says it is missing (no check per file)."""
+    path = os.fspath(path)
+    part = path + ".part"
     try:
         fh = open(part, "wb")
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fh = open(part, "wb")
     with fh:
         fh.write(data)
@@ -298,6 +300,7 @@ class Dump:
         self.rebuilt = 0
         self._logs: dict[str, LogFile] = {}
         self._logs_lock = threading.Lock()
+        self._blocks: dict[int, str] = {}
         self.writer: ModelWriter | None = None
 
     # -- start of a run ---------------------------------------------------------------------
@@ -383,14 +386,26 @@ class Dump:
         self.log_saved(model_id, host)
         return status
 
+    def _model_file(self, model_id: int) -> str:
+        """``model_path`` as a string, block folders' names cached (a Path per file costs more than the write)."""
+        block = model_id // 10000
+        folder = self._blocks.get(block)
+        if folder is None:
+            folder = self._blocks[block] = os.path.join(self.root, block_of(model_id))
+        return f"{folder}/{model_id:08d}.json"
+
     def write_model(self, model_id: int, model: dict) -> str:
-        """The file part of :meth:`save_model` (safe to run in a worker thread); log it with :meth:`log_saved`."""
-        path = model_path(self.root, model_id)
+        """The file part of :meth:`save_model` (safe to run in a worker thread); log it with :meth:`log_saved`.
+
+        The file holds the answer re-serialised canonically (:func:`dumps`), not the body bytes as
+        received, so a list item of batch mode and a ``/models/{id}`` answer give the same file."""
+        path = self._model_file(model_id)
         data = dumps(model)
         status = "saved"
         if model_id in self.on_disk:  # known from the walk at load, or saved earlier in this run
             try:
-                old_bytes = path.read_bytes()
+                with open(path, "rb") as fh:
+                    old_bytes = fh.read()
                 old = check_model(parse_json_body(old_bytes), model_id)
             except (Invalid, NotFound, OSError):
                 old_bytes, old = b"", None

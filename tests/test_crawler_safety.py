@@ -131,3 +131,47 @@ def test_never_clobber_a_good_copy(fake_civitai, tmp_path):
     side = [p for p in (out / "00000000").glob("00000004.*.json")]
     assert len(side) == 1 and "error" in json.loads(side[0].read_text())
     assert 4 in log_ids(out, "downloaded.txt") and 4 not in log_ids(out, "notfound.txt")
+
+
+def test_a_torn_last_log_line_from_a_kill_is_repaired(fake_civitai, tmp_path):
+    """A kill inside a log write can leave a line cut short. A cut inside the id would name the
+    wrong model (``0000001`` of ``00000012``): it is dropped, and that model is fetched again. A cut
+    after a complete id still names the right model, whose file was in place before its line."""
+    fake_civitai.add_models(make_model(i) for i in range(1, 13))
+    out = tmp_path / "d"
+    run_crawl(fake_civitai, out, "--start", "1", "--end", "12", "--per-id")
+    lines = (out / "downloaded.txt").read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.startswith(("00000001\t", "00000012\t"))]
+    (out / "downloaded.txt").write_text("".join(kept) + "0000001")  # the torn write of id 12 (or 10, 11...)
+    (out / "00000000" / "00000012.json").unlink()  # its file never made it either
+
+    fake_civitai.reset_counts()
+    summary = run_crawl(fake_civitai, out, "--start", "1", "--end", "12", "--per-id")
+    assert fake_civitai.count() == 2  # 1 (its line is gone, so it is missing) and 12; not a wrong id 1
+    assert summary["found"] == 2 and summary["errors"] == 0
+    text = (out / "downloaded.txt").read_text()
+    assert text.endswith("\n") and "0000001\n" not in text
+    assert sorted(set(log_ids(out, "downloaded.txt"))) == list(range(1, 13))
+    assert (out / "missing.txt").read_text() == ""
+
+    # a line cut after its id is a true record: it gets its newline and counts
+    (out / "downloaded.txt").write_text(text + "00000013\t127.0")
+    fake_civitai.add_models([make_model(13), make_model(14)])
+    fake_civitai.reset_counts()
+    run_crawl(fake_civitai, out, "--start", "13", "--end", "14", "--per-id")
+    assert fake_civitai.count() == 1  # only 14
+    assert (out / "downloaded.txt").read_text().splitlines()[-2:][0] == "00000013\t127.0"
+
+
+def test_a_file_that_cannot_be_written_is_an_error_not_a_record(fake_civitai, tmp_path):
+    fake_civitai.add_models(make_model(i) for i in (5, 10005))
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "00000000").write_text("a user's file where a block folder should be")
+    summary = run_crawl(fake_civitai, out, "--start", "5", "--end", "5", "--per-id")
+    assert (summary["found"], summary["errors"]) == (0, 1)
+    assert log_ids(out, "downloaded.txt") == []
+    assert log_ids(out, "errors.txt") == [5]
+    assert (out / "00000000").read_text() == "a user's file where a block folder should be"
+    summary = run_crawl(fake_civitai, out, "--start", "10005", "--end", "10005")  # other blocks are fine
+    assert summary["found"] == 1 and log_ids(out, "downloaded.txt") == [10005]
