@@ -103,8 +103,8 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
 
     1. Files in ``library_db_path`` (scanned with ``civitai-mirror scan``) use their stored SHA256,
        size and BlurHash; a file that already has a confident match is reported as ``matched``
-       and left alone. Other files (or ``library_db_path=None``) are read here: SHA256 and
-       ``extract_comprehensive_metadata``'s BlurHash and pixel size.
+       and left alone. Other files (all of them when ``library_db_path`` is None or does not
+       exist) are read here: SHA256 and ``extract_comprehensive_metadata``'s BlurHash and size.
     2. The lookup is ``match``'s own orphan rule (``cross_reference_with_civitai``).
     3. Unless ``dry_run``, a hit for a library file is recorded in its ``matches`` row exactly as
        ``civitai-mirror match`` records an orphan (method, confidence, reason, Civitai image id).
