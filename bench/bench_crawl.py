@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -128,9 +129,13 @@ async def crawl(base: str, out: Path, start: int, end: int, per_id: bool) -> int
 
 def timed(coro_fn, *args) -> tuple[float, float, object]:
     """(wall seconds, CPU seconds of this process, result) of ``asyncio.run(coro_fn(*args))``."""
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, before = time.perf_counter(), os.times()
     result = asyncio.run(coro_fn(*args))
-    return time.perf_counter() - wall, time.process_time() - cpu, result
+    after = os.times()
+    user, system = after.user - before.user, after.system - before.system
+    print(f"  {coro_fn.__name__}: {time.perf_counter() - wall:.2f}s, user {user:.2f}s, system {system:.2f}s",
+          file=sys.stderr)
+    return time.perf_counter() - wall, user + system, result
 
 
 def main() -> None:

@@ -168,6 +168,16 @@ def parse_json_body(body: bytes) -> Any:
 
 
 def host_of(url: str) -> str:
+    """The ``host[:port]`` of a URL (``urlsplit(url).netloc``; a plain split for the usual
+    ``scheme://host/path`` shape, which the crawl asks once per request)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.isalpha():
+        end = len(rest)
+        for ch in "/?#":
+            i = rest.find(ch)
+            if i != -1 and i < end:
+                end = i
+        return rest[:end]
     return urlsplit(url).netloc
 
 
