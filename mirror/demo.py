@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
 import zipfile
 from datetime import datetime, timezone
@@ -227,6 +228,12 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
     _png(out / "render_0007.png", (90, 30, 140))
     (out / "render_0007.txt").write_text(
         "a lighthouse in a storm\nUsed model: dreamy_mix_v2.safetensors\nLoRA: detail_slider_locon:0.5\n")
+    moss = _fake_hashes("200-2001")  # Moss Garden: known to the mirror, not held locally
+    _png(out / "00002-1618033988.png", (40, 110, 60), {"parameters": (
+        "moss covered stones, <lora:moss_garden:0.7>\nNegative prompt: blurry\n"
+        f"Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1618033988, Size: 64x48, "
+        f"Model hash: {ckpt['AutoV2'].lower()}, Model: dreamy_mix_v2, "
+        f"Lora hashes: \"moss_garden: {moss['AutoV3'].lower()}\", Version: v1.10.1")})
     _png(out / "orphan_sunset.png", (250, 90, 20))
     _jpeg_with_usercomment(out / "holiday_photo.jpg", (20, 90, 200), None, camera=True)
     # media next to a model travel with it; sidecars travel with their file
@@ -234,7 +241,7 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
     _png(root / "loras" / "paper_cut_style.preview.png", (120, 200, 40))
     (root / "loras" / "paper_cut_style.civitai.info").write_text(json.dumps({"id": 1301, "modelId": 130}))
     for rel in ("outputs/00001-3141592653.png", "outputs/00001-3141592653 (copy).png",
-                "outputs/ink_wash_onsite.jpeg", "outputs/ComfyUI_00001_.png", "outputs/render_0007.png",
+                "outputs/ink_wash_onsite.jpeg", "outputs/ComfyUI_00001_.png", "outputs/00002-1618033988.png", "outputs/render_0007.png",
                 "outputs/render_0007.txt", "outputs/orphan_sunset.png", "outputs/holiday_photo.jpg",
                 "checkpoints/dreamy_mix_v2.png", "loras/paper_cut_style.preview.png",
                 "loras/paper_cut_style.civitai.info"):
@@ -403,6 +410,9 @@ def sample_models(collection: str | Path, *, latest: bool = False) -> list[dict[
     return [sample_model(entry if latest else entry[:6] + (None,), hashes, sizes) for entry in SAMPLE_MODELS]
 
 
+FETCHED_AT = datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp()
+
+
 def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
     """Write the dump (model JSON + logs) for the collection written by write_sample_collection.
 
@@ -418,6 +428,7 @@ def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
         path = _block_path(dump, mid)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(good, indent=1))
+        os.utime(path, (FETCHED_AT, FETCHED_AT))  # the good copy was fetched before the side file
         if last != good:
             _block_path(dump, mid, ".20261101T000000Z").write_text(json.dumps(last, indent=1))
         ids.append(mid)

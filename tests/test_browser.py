@@ -96,7 +96,7 @@ def test_library_overview_page(page, server, tmp_path):
     assert page.locator("h1").inner_text().strip() == "Library overview (view)"
     assert "One row per file" in page.locator(".metadata-description").inner_text()
     thumbs = page.locator("img.library-thumb")
-    assert thumbs.count() == 8
+    assert thumbs.count() == 9
     # The data: URL thumbnails really decode in the browser.
     widths = thumbs.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
     assert all(w > 0 for w in widths), widths
@@ -144,6 +144,7 @@ def test_canned_query_page(page, server):
     assert "Models gone from Civitai that you hold" in page.locator("h1").inner_text()
     table = page.locator("table.rows-and-columns").inner_text()
     assert "line_guide.safetensors" in table and "Line Guide" in table and "gone (404)" in table
-    page.locator("table.rows-and-columns td.col-model_id a").first.click()
+    assert "old_realism.ckpt" in table and "Archived" in table
+    page.locator("table.rows-and-columns td.col-model_id a", has_text="180").click()
     page.wait_for_url("**/civitai/models/180")
     assert "Line Guide" in page.locator("table.rows-and-columns").inner_text()

@@ -63,7 +63,7 @@ def test_crawl_build_scan_extract_match_sort_undo(tmp_path, fake_civitai):  # no
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["files"] == len(before) and summary["new"] == len(before) and summary["errors"] == 0
     assert rows(library, "select kind, count(*) from files group by kind order by kind") == [
-        ("media", 8), ("model", 9), ("sidecar", 3)]
+        ("media", 9), ("model", 9), ("sidecar", 3)]
     assert rows(library, "select count(*) from generations") == [(0,)]
     run("extract", "--db", str(library))
     tools = dict(rows(library, "select f.path, g.generation_tool from generations g join files f on f.id = g.file_id"))

@@ -96,7 +96,7 @@ async def test_library_index_lists_views_and_hides_bookkeeping(client):
 async def test_file_overview_rows_and_facets(client, ids):
     overview = await rows(client, "/library/file_overview.json?_size=max")
     by_name = {Path(r["path"]).name: r for r in overview}
-    assert len(overview) == 20
+    assert len(overview) == 21
     lora = by_name["paper_cut_style.safetensors"]
     assert (lora["kind"], lora["model_type"], lora["civitai_model_id"], lora["civitai_version_id"],
             lora["civitai_model"], lora["civitai_type"], lora["civitai_base_model"]) == (
@@ -116,9 +116,9 @@ async def test_file_overview_rows_and_facets(client, ids):
 
     facets = (await client.get("/library/file_overview.json")).json()["facet_results"]
     kinds = {f["value"]: f["count"] for f in facets["kind"]["results"]}
-    assert kinds == {"media": 8, "model": 9, "sidecar": 3}
+    assert kinds == {"media": 9, "model": 9, "sidecar": 3}
     tools = {f["value"]: f["count"] for f in facets["generation_tool"]["results"]}
-    assert tools == {"AUTOMATIC1111": 3, "ComfyUI": 1, "Civitai": 1, "sidecar": 1}
+    assert tools == {"AUTOMATIC1111": 4, "ComfyUI": 1, "Civitai": 1, "sidecar": 1}
     assert {f["value"] for f in facets["exif_make"]["results"]} == {"DemoCam"}
     assert {f["value"] for f in facets["match_hash_type"]["results"]} >= {"SHA256", "AutoV2", "local_name"}
 
@@ -137,7 +137,7 @@ async def test_overview_page_renders_thumbnails_and_links(client, ids):
     page = await client.get("/library/file_overview?kind=media&_sort=path")
     assert page.status_code == 200
     thumbs = re.findall(r'<img class="library-thumb" src="data:image/webp;base64,([A-Za-z0-9+/=]+)"', page.text)
-    assert len(thumbs) == 8
+    assert len(thumbs) == 9
     assert all(base64.b64decode(t)[8:12] == b"WEBP" for t in thumbs)
     assert '<a href="/civitai/models/110">110</a>' in page.text
     assert '<a href="/civitai/model_versions/1101">1101</a>' in page.text
@@ -203,17 +203,19 @@ async def test_canned_queries(client, ids):
     missing = await rows(client, "/library/images_missing_loras.json")
     assert sorted((Path(r["image"]).name, r["lora"], r["version_id"], r["state"].split(":")[0])
                   for r in missing) == [
+        ("00002-1618033988.png", "moss_garden", 2001, "not held"),
         ("ComfyUI_00001_.png", "detail_slider_locon.safetensors", 1401, "file missing"),
         ("render_0007.png", "detail_slider_locon", 1401, "file missing")]
 
     gone = await rows(client, "/library/held_models_gone.json")
     assert [(Path(r["path"]).name, r["model_id"], r["civitai_model"], r["state"]) for r in gone] == [
+        ("old_realism.ckpt", 120, "Old Realism", "Archived"),
         ("line_guide.safetensors", 180, "Line Guide", "gone (404)")]
 
     largest = await rows(client, "/library/largest_by_type.json")
-    first = largest[0]  # the demo's checkpoint is detected as lycoris; the LoCon file is missing
+    first = largest[0]  # the LoCon file is marked missing
     assert (first["type"], Path(first["path"]).name, first["size"]) == (
-        "lycoris", "dreamy_mix_v2.safetensors", 228152)
+        "checkpoint", "dreamy_mix_v2.safetensors", 228152)
     by_type: dict[str, list[int]] = {}
     for r in largest:
         by_type.setdefault(r["type"], []).append(r["size"])
@@ -221,9 +223,9 @@ async def test_canned_queries(client, ids):
     assert by_type["lora"] == [55846, 55766]
     totals = [sum(sizes) for sizes in by_type.values()]
     assert totals == sorted(totals, reverse=True)
-    assert list(by_type) == ["lycoris", "lora", "vae", "embedding", "media", "controlnet", "unknown",
+    assert list(by_type) == ["checkpoint", "lora", "vae", "embedding", "media", "controlnet", "unknown",
                              "sidecar"]
-    assert len(by_type["media"]) == 8 and by_type["media"][0] == 1495
+    assert len(by_type["media"]) == 9 and by_type["media"][0] == 1495
 
 
 async def test_canned_query_pages_link_rows(client, ids):
