@@ -16,8 +16,10 @@ from crawler.client import DEFAULT_API_BASE, CivitaiClient
 def _client_options(f):
     """Options shared by crawl and get (the HTTP policy)."""
     options = [
-        click.option("--api-base", "api_bases", multiple=True, metavar="URL",
-                     help=f"API base URL; repeat for more hosts (default {DEFAULT_API_BASE})."),
+        click.option("--api-base", "api_bases", multiple=True, metavar="URL", envvar="CIVITAI_API_BASE",
+                     show_envvar=True,
+                     help=f"API base URL; repeat for more hosts (default {DEFAULT_API_BASE}; "
+                          "CIVITAI_API_BASE may hold several, space-separated)."),
         click.option("--api-key", envvar="CIVITAI_API_KEY", show_envvar=True, default=None, metavar="KEY",
                      help="Civitai API key, sent as a Bearer header; never written to disk or logs."),
         click.option("--max-rps", type=float, default=None, help="Cap on requests per second (all workers together)."),

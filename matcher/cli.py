@@ -497,7 +497,8 @@ def _open_match_dbs(db_path: str, civitai_db: str | None, need_civitai: bool = T
 @click.option("--civitai-db", default="civitai.sqlite", show_default=True, type=click.Path(dir_okay=False),
               help="The mirror built by `civitai-mirror build`.")
 @click.option("--online", is_flag=True, help="Look up what the mirror does not know on the live API.")
-@click.option("--api-base", multiple=True, help="API base for --online (default https://civitai.com/api/v1).")
+@click.option("--api-base", multiple=True, envvar="CIVITAI_API_BASE", show_envvar=True,
+              help="API base for --online (default https://civitai.com/api/v1).")
 @click.option("--dump", "dump_dir", type=click.Path(file_okay=False),
               help="Dump folder --online saves new models into (default: the mirror's dump).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per model file and per image.")
