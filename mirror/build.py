@@ -14,8 +14,9 @@ Documents found in a dump are classified by ``parse_document``:
 * a model version (``GET /model-versions/{id}`` / by-hash): a ``version`` snapshot of its model. It
   fills that version's rows (with image ``meta``) but never replaces what a full model answer says;
   a model known only from version answers gets a row with ``_partial`` = 1;
-* an error answer (``{"error": "No model with id N"}``) saved beside a good copy: a ``notfound``
-  snapshot, which marks the model as gone upstream (``_gone`` = 1) when it is the newest;
+* an error answer (``{"error": "No model with id N"}``, any ``{"error": ...}`` or bare string body in a
+  side file, including ``<id>.<UTC>-N.json``) saved beside a good copy: a ``notfound`` snapshot,
+  which marks the model as gone upstream (``_gone`` = 1) when it is the newest;
 * anything else (enums, other sites' shapes) is skipped and counted; broken JSON is reported with
   its path and skipped.
 
@@ -25,6 +26,7 @@ temporary file and swaps it in with ``os.replace``.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import html
@@ -103,6 +105,11 @@ def side_stamp_to_iso(stamp: str) -> str:
 def iso_to_epoch(value: Any) -> int | None:
     if not value or not isinstance(value, str):
         return None
+    return _iso_to_epoch(value)
+
+
+@functools.lru_cache(maxsize=4096)  # fetch times repeat across a model's versions and files
+def _iso_to_epoch(value: str) -> int | None:
     try:
         return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
     except ValueError:
@@ -157,6 +164,10 @@ def _int(value: Any) -> int | None:
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _no_stat(key: str) -> None:
+    return None
 
 
 def _stat(stats: Any, key: str) -> Any:
@@ -333,6 +344,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         current_files = set(files)
 
     stats = current.get("stats")
+    sget = stats.get if type(stats) is dict else _no_stat
     creator = current.get("creator") if isinstance(current.get("creator"), dict) else None
     username = creator.get("username") if creator else None
     tags = [t if isinstance(t, str) else t.get("name") for t in current.get("tags") or []
@@ -364,14 +376,14 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         "allowCommercialUse": _dumps(normalize_commercial_use(current.get("allowCommercialUse"))),
         "allowDerivatives": _bool(current.get("allowDerivatives")),
         "allowDifferentLicense": _bool(current.get("allowDifferentLicense")),
-        "downloadCount": _int(_stat(stats, "downloadCount")),
-        "thumbsUpCount": _int(_stat(stats, "thumbsUpCount")),
-        "thumbsDownCount": _int(_stat(stats, "thumbsDownCount")),
-        "commentCount": _int(_stat(stats, "commentCount")),
-        "favoriteCount": _int(_stat(stats, "favoriteCount")),
-        "ratingCount": _int(_stat(stats, "ratingCount")),
-        "rating": _num(_stat(stats, "rating")),
-        "tippedAmountCount": _int(_stat(stats, "tippedAmountCount")),
+        "downloadCount": _int(sget("downloadCount")),
+        "thumbsUpCount": _int(sget("thumbsUpCount")),
+        "thumbsDownCount": _int(sget("thumbsDownCount")),
+        "commentCount": _int(sget("commentCount")),
+        "favoriteCount": _int(sget("favoriteCount")),
+        "ratingCount": _int(sget("ratingCount")),
+        "rating": _num(sget("rating")),
+        "tippedAmountCount": _int(sget("tippedAmountCount")),
         "tags": _dumps(tags),
         "baseModels": _dumps(base_models),
         "version_count": len(current_versions),
@@ -385,6 +397,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
     version_rows = []
     for vid, (version, position, v_first, v_last) in versions.items():
         vstats = version.get("stats")
+        vget = vstats.get if type(vstats) is dict else _no_stat
         version_rows.append({
             "id": vid, "model_id": model_id, "position": position,
             "name": version.get("name") or "", "base_model": version.get("baseModel") or "",
@@ -399,9 +412,9 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             "nsfwLevel": _int(version.get("nsfwLevel")),
             "availability": version.get("availability"),
             "trainedWords": _dumps(version.get("trainedWords") or []),
-            "downloadCount": _int(_stat(vstats, "downloadCount")),
-            "thumbsUpCount": _int(_stat(vstats, "thumbsUpCount")),
-            "thumbsDownCount": _int(_stat(vstats, "thumbsDownCount")),
+            "downloadCount": _int(vget("downloadCount")),
+            "thumbsUpCount": _int(vget("thumbsUpCount")),
+            "thumbsDownCount": _int(vget("thumbsDownCount")),
             "downloadUrl": version.get("downloadUrl"),
             "_archived": 0 if vid in current_versions else 1,
             "_first_seen": v_first, "_last_seen": v_last,
