@@ -253,22 +253,31 @@ class CivitaiClient:
             reraise=True,
         )
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Response]]) -> Response:
-        """Run ``attempt()`` under the retry policy.
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Response]], result: Response) -> Response:
+        """Run ``attempt()`` under the retry policy; when every attempt failed, ``result`` with the
+        last failure's reason.
 
         The first attempt runs bare (a tenacity loop costs ~0.1 ms per request, as much as the
         request itself against a fast server); only when it fails with a retryable error do the
         remaining attempts go through tenacity, with the same stop, wait and retry rules."""
         try:
-            return await attempt()
-        except RETRY_EXCEPTIONS as exc:
-            if self.retries == 0:
-                raise
-            await asyncio.sleep(self._delay(exc, 1))
-        async for state in self._retrying(done=1):
-            with state:
+            try:
                 return await attempt()
-        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+            except RETRY_EXCEPTIONS as exc:
+                if self.retries == 0:
+                    raise
+                await asyncio.sleep(self._delay(exc, 1))
+            async for state in self._retrying(done=1):
+                with state:
+                    return await attempt()
+            raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+        except Retryable as exc:
+            result.reason = exc.reason
+        except asyncio.TimeoutError:
+            result.reason = "timeout"
+        except aiohttp.ClientError as exc:
+            result.reason = f"{type(exc).__name__}: {exc}".replace("\t", " ").replace("\n", " ")[:200]
+        return result
 
     def _check_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status in RETRY_STATUSES:
@@ -330,15 +339,7 @@ class CivitaiClient:
             result.data = data
             return result
 
-        try:
-            return await self._with_retries(attempt)
-        except Retryable as exc:
-            result.reason = exc.reason
-        except asyncio.TimeoutError:
-            result.reason = "timeout"
-        except aiohttp.ClientError as exc:
-            result.reason = f"{type(exc).__name__}: {exc}".replace("\t", " ").replace("\n", " ")[:200]
-        return result
+        return await self._with_retries(attempt, result)
 
     async def get_json(self, url: str, *, params: dict | None = None, validate=None) -> Response:
         return await self.request("GET", url, params=params, validate=validate)
@@ -391,13 +392,7 @@ class CivitaiClient:
             return result
 
         try:
-            return await self._with_retries(attempt)
-        except Retryable as exc:
-            result.reason = exc.reason
-        except asyncio.TimeoutError:
-            result.reason = "timeout"
-        except aiohttp.ClientError as exc:
-            result.reason = f"{type(exc).__name__}: {exc}".replace("\t", " ").replace("\n", " ")[:200]
+            return await self._with_retries(attempt, result)
         finally:
             if result.outcome != "ok":
                 try:
