@@ -74,18 +74,23 @@ async def _run(datasette, fn):
         return _error(str(exc), 400)
 
 
-async def model_view(datasette, request):
+async def _by_id(datasette, request, answer):
+    """One object by the id in the URL: 400 for a bad id, Civitai's 404 when the mirror lacks it."""
     try:
-        model_id = api.parse_id(request.url_vars["id"])
+        object_id = api.parse_id(request.url_vars["id"])
     except api.BadRequest as exc:
         return _error(str(exc), 400)
 
     def fn(conn):
-        body = api.model_response(conn, model_id)
+        body = answer(conn, object_id)
         if body is None:
             return _error("Model not found", 404)
         return Response.json(body)
     return await _run(datasette, fn)
+
+
+async def model_view(datasette, request):
+    return await _by_id(datasette, request, api.model_response)
 
 
 async def models_view(datasette, request):
@@ -98,17 +103,7 @@ async def models_view(datasette, request):
 
 
 async def version_view(datasette, request):
-    try:
-        version_id = api.parse_id(request.url_vars["id"])
-    except api.BadRequest as exc:
-        return _error(str(exc), 400)
-
-    def fn(conn):
-        body = api.version_response(conn, version_id)
-        if body is None:
-            return _error("Model not found", 404)
-        return Response.json(body)
-    return await _run(datasette, fn)
+    return await _by_id(datasette, request, api.version_response)
 
 
 async def by_hash_view(datasette, request):
