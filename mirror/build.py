@@ -31,7 +31,6 @@ import gc
 import hashlib
 import html
 import logging
-import operator
 import os
 import re
 import sqlite3
@@ -258,13 +257,16 @@ def parse_document(raw: bytes, rel_path: str, mtime: float) -> tuple[list[Snapsh
 
 @dataclass
 class ModelRows:
-    model: dict
-    versions: list[dict]
-    files: list[dict]
-    hashes: list[tuple]
-    images: list[dict]
+    """A model's rows as tuples in ``_ROW_COLS`` order, ready for ``executemany`` (cheap to pickle)."""
+    model_id: int
+    model: tuple
+    versions: list[tuple]
+    files: list[tuple]
+    hashes: list[tuple]  # file_hashes (hash, type, file_id, version_id, model_id)
+    images: list[tuple]
+    archived: list[tuple]  # archived_model_files (file_id, model_id, version_id)
     tags: list[str]
-    creator: dict | None
+    creator: tuple | None  # (username, image)
 
 
 def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | None:
@@ -356,113 +358,82 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             v[0].get("baseModel") for v in sorted(versions.values(), key=lambda x: x[1])
             if v[0].get("baseModel")))
     model_data = {k: v for k, v in current.items() if k != "modelVersions"}
-    model = {
-        "id": model_id,
-        "name": current.get("name") or "",
-        "type": current.get("type") or "",
-        "username": username,
-        "data": _dumps(model_data),
-        "created_at": _epoch(first_seen),
-        "updated_at": _epoch(last_seen),
-        "description_text": html_to_text(current.get("description")),
-        "nsfw": _bool(current.get("nsfw")),
-        "nsfwLevel": _int(current.get("nsfwLevel")),
-        "poi": _bool(current.get("poi")),
-        "minor": _bool(current.get("minor")),
-        "mode": current.get("mode"),
-        "availability": current.get("availability"),
-        "userId": _int(current.get("userId")),
-        "allowNoCredit": _bool(current.get("allowNoCredit")),
-        "allowCommercialUse": _dumps(normalize_commercial_use(current.get("allowCommercialUse"))),
-        "allowDerivatives": _bool(current.get("allowDerivatives")),
-        "allowDifferentLicense": _bool(current.get("allowDifferentLicense")),
-        "downloadCount": _int(sget("downloadCount")),
-        "thumbsUpCount": _int(sget("thumbsUpCount")),
-        "thumbsDownCount": _int(sget("thumbsDownCount")),
-        "commentCount": _int(sget("commentCount")),
-        "favoriteCount": _int(sget("favoriteCount")),
-        "ratingCount": _int(sget("ratingCount")),
-        "rating": _num(sget("rating")),
-        "tippedAmountCount": _int(sget("tippedAmountCount")),
-        "tags": _dumps(tags),
-        "baseModels": _dumps(base_models),
-        "version_count": len(current_versions),
-        "_first_seen": first_seen,
-        "_last_seen": last_seen,
-        "_gone": gone,
-        "_partial": 0 if full else 1,
-        "_snapshots": len(snaps),
-        "_source_path": current_path,
-    }
+    created_at, updated_at = _epoch(first_seen), _epoch(last_seen)
+    model = (  # _ROW_COLS["models"] order
+        model_id, current.get("name") or "", current.get("type") or "", username,
+        created_at, updated_at,
+        html_to_text(current.get("description")), _bool(current.get("nsfw")),
+        _int(current.get("nsfwLevel")), _bool(current.get("poi")), _bool(current.get("minor")),
+        current.get("mode"), current.get("availability"), _int(current.get("userId")),
+        _bool(current.get("allowNoCredit")),
+        _dumps(normalize_commercial_use(current.get("allowCommercialUse"))),
+        _bool(current.get("allowDerivatives")), _bool(current.get("allowDifferentLicense")),
+        _int(sget("downloadCount")), _int(sget("thumbsUpCount")), _int(sget("thumbsDownCount")),
+        _int(sget("commentCount")), _int(sget("favoriteCount")), _int(sget("ratingCount")),
+        _num(sget("rating")), _int(sget("tippedAmountCount")),
+        _dumps(tags), _dumps(base_models), len(current_versions),
+        first_seen, last_seen, gone, 0 if full else 1, len(snaps), current_path,
+        _dumps(model_data),
+    )
     version_rows = []
     for vid, (version, position, v_first, v_last) in versions.items():
         vstats = version.get("stats")
         vget = vstats.get if type(vstats) is dict else _no_stat
-        version_rows.append({
-            "id": vid, "model_id": model_id, "position": position,
-            "name": version.get("name") or "", "base_model": version.get("baseModel") or "",
+        vg = version.get
+        status = vg("status")
+        version_rows.append((  # _ROW_COLS["model_versions"] order
+            vid, model_id, position, vg("name") or "", vg("baseModel") or "",
             # 2023 answers have no publishedAt (the list held only published versions): createdAt
-            "published_at": iso_to_epoch(version.get("publishedAt")) or (
-                iso_to_epoch(version.get("createdAt"))
-                if version.get("status") in (None, "Published") else None),
-            "data": _dumps(version),
-            "created_at": _epoch(v_first), "updated_at": _epoch(v_last),
-            "baseModelType": version.get("baseModelType"), "status": version.get("status"),
-            "publishedAt": version.get("publishedAt"), "createdAt": version.get("createdAt"),
-            "nsfwLevel": _int(version.get("nsfwLevel")),
-            "availability": version.get("availability"),
-            "trainedWords": _dumps(version.get("trainedWords") or []),
-            "downloadCount": _int(vget("downloadCount")),
-            "thumbsUpCount": _int(vget("thumbsUpCount")),
-            "thumbsDownCount": _int(vget("thumbsDownCount")),
-            "downloadUrl": version.get("downloadUrl"),
-            "_archived": 0 if vid in current_versions else 1,
-            "_first_seen": v_first, "_last_seen": v_last,
-        })
-    file_rows, hash_rows = [], []
+            iso_to_epoch(vg("publishedAt")) or (
+                iso_to_epoch(vg("createdAt")) if status in (None, "Published") else None),
+            _epoch(v_first), _epoch(v_last),
+            vg("baseModelType"), status, vg("publishedAt"), vg("createdAt"),
+            _int(vg("nsfwLevel")), vg("availability"), _dumps(vg("trainedWords") or []),
+            _int(vget("downloadCount")), _int(vget("thumbsUpCount")),
+            _int(vget("thumbsDownCount")), vg("downloadUrl"),
+            0 if vid in current_versions else 1, v_first, v_last,
+            _dumps(version),
+        ))
+    file_rows, hash_rows, archived_rows = [], [], []
     for fid, (file, vid) in files.items():
-        hashes = file.get("hashes") if isinstance(file.get("hashes"), dict) else {}
+        fg = file.get
+        hashes = fg("hashes")
         canon = {}
-        for key, value in hashes.items():
-            t = _HASH_CANON.get(str(key).lower())
-            if t and isinstance(value, str) and value.strip():
-                canon[t] = value.strip().upper()
-        meta = file.get("metadata") if isinstance(file.get("metadata"), dict) else {}
-        file_rows.append({
-            "id": fid, "model_id": model_id, "version_id": vid, "type": file.get("type") or "",
-            "sha256": canon.get("SHA256"), "data": _dumps(file),
-            "created_at": model["created_at"], "updated_at": model["updated_at"],
-            "name": file.get("name"), "sizeKB": _num(file.get("sizeKB")),
-            "primary": _bool(file.get("primary")), "format": meta.get("format"),
-            "size": meta.get("size"), "fp": meta.get("fp"),
-            "pickleScanResult": file.get("pickleScanResult"),
-            "virusScanResult": file.get("virusScanResult"),
-            "downloadUrl": file.get("downloadUrl"),
-            "_archived": 0 if fid in current_files else 1,
-        })
+        if type(hashes) is dict:
+            for key, value in hashes.items():
+                t = _HASH_CANON.get(str(key).lower())
+                if t and isinstance(value, str) and value.strip():
+                    canon[t] = value.strip().upper()
+        meta = fg("metadata")
+        mg = meta.get if type(meta) is dict else _no_stat
+        archived = 0 if fid in current_files else 1
+        file_rows.append((  # _ROW_COLS["model_files"] order
+            fid, model_id, vid, fg("type") or "", canon.get("SHA256"), created_at, updated_at,
+            fg("name"), _num(fg("sizeKB")), _bool(fg("primary")), mg("format"), mg("size"),
+            mg("fp"), fg("pickleScanResult"), fg("virusScanResult"), fg("downloadUrl"),
+            archived, _dumps(file),
+        ))
+        if archived:
+            archived_rows.append((fid, model_id, vid))
         for t, value in canon.items():
             hash_rows.append((value, t, fid, vid, model_id))
     image_rows = []
     for iid, (image, vid, position) in images.items():
-        nsfw = image.get("nsfw")
-        nsfw_level = image.get("nsfwLevel")
-        image_rows.append({
-            "id": iid, "version_id": vid, "model_id": model_id, "position": position,
-            "url": image.get("url"), "width": _int(image.get("width")),
-            "height": _int(image.get("height")),
-            "nsfwLevel": _int(nsfw_level),
-            "nsfw": (str(nsfw) if nsfw is not None else
-                     nsfw_level if isinstance(nsfw_level, str) else None),
-            "hash": image.get("hash"), "type": image.get("type"),
-            "hasMeta": _bool(image.get("hasMeta") if "hasMeta" in image else
-                             (bool(image.get("meta")) if "meta" in image else None)),
-            "meta": _dumps(image["meta"]) if image.get("meta") else None,
-            "local_path": None,
-        })
-    creator_row = None
-    if username:
-        creator_row = {"username": username, "image": creator.get("image")}
-    return ModelRows(model, version_rows, file_rows, hash_rows, image_rows, tags, creator_row)
+        ig = image.get
+        nsfw = ig("nsfw")
+        nsfw_level = ig("nsfwLevel")
+        meta = ig("meta")
+        image_rows.append((  # _ROW_COLS["images"] order
+            iid, vid, model_id, position, ig("url"), _int(ig("width")), _int(ig("height")),
+            _int(nsfw_level),
+            (str(nsfw) if nsfw is not None else nsfw_level if isinstance(nsfw_level, str) else None),
+            ig("hash"), ig("type"),
+            _bool(ig("hasMeta") if "hasMeta" in image else (bool(meta) if "meta" in image else None)),
+            _dumps(meta) if meta else None,
+        ))
+    creator_row = (username, creator.get("image")) if username else None
+    return ModelRows(model_id, model, version_rows, file_rows, hash_rows, image_rows,
+                     archived_rows, tags, creator_row)
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -474,32 +445,29 @@ def _insert_sql(table: str, columns: list[str], verb: str = "INSERT OR REPLACE")
 
 
 _COLS = {name: list(spec["columns"]) for name, spec in CIVITAI_SCHEMA.items()}
-_SQL = {name: _insert_sql(name, cols) for name, cols in _COLS.items()}
-_GETTERS = {name: operator.itemgetter(*cols) for name, cols in _COLS.items() if len(cols) > 1}
+# The order derive_model builds each row tuple in (named here, not taken from the schema's order,
+# so reordering the schema cannot shift values into the wrong columns). images.local_path is
+# filled by link_local_images.
+_ROW_COLS = {**_COLS, **{name: cols.split() for name, cols in {
+    "models": """id name type username created_at updated_at description_text nsfw nsfwLevel poi
+        minor mode availability userId allowNoCredit allowCommercialUse allowDerivatives
+        allowDifferentLicense downloadCount thumbsUpCount thumbsDownCount commentCount
+        favoriteCount ratingCount rating tippedAmountCount tags baseModels version_count
+        _first_seen _last_seen _gone _partial _snapshots _source_path data""",
+    "model_versions": """id model_id position name base_model published_at created_at updated_at
+        baseModelType status publishedAt createdAt nsfwLevel availability trainedWords
+        downloadCount thumbsUpCount thumbsDownCount downloadUrl _archived _first_seen _last_seen
+        data""",
+    "model_files": """id model_id version_id type sha256 created_at updated_at name sizeKB primary
+        format size fp pickleScanResult virusScanResult downloadUrl _archived data""",
+    "images": """id version_id model_id position url width height nsfwLevel nsfw hash type hasMeta
+        meta""",
+}.items()}}
+_SQL = {name: _insert_sql(name, cols) for name, cols in _ROW_COLS.items()}
+# CIVITAI_SCHEMA without secondary indexes: what a fresh build loads into
+_LOAD_SCHEMA = {name: {k: v for k, v in spec.items() if k != "indexes"}
+                for name, spec in CIVITAI_SCHEMA.items()}
 _CHILD_TABLES = ("model_versions", "model_files", "file_hashes", "images", "archived_model_files")
-
-
-@dataclass
-class Packed:
-    """A model's rows as tuples in ``_COLS`` order, ready for ``executemany`` (cheap to pickle)."""
-    model_id: int
-    model: tuple
-    versions: list[tuple]
-    files: list[tuple]
-    hashes: list[tuple]
-    images: list[tuple]
-    archived: list[tuple]
-    tags: list[str]
-    creator: tuple | None
-
-
-def pack(rows: ModelRows) -> Packed:
-    def tup(table: str, dicts: list[dict]) -> list[tuple]:
-        return list(map(_GETTERS[table], dicts))
-    return Packed(rows.model["id"], tup("models", [rows.model])[0], tup("model_versions", rows.versions),
-                  tup("model_files", rows.files), rows.hashes, tup("images", rows.images),
-                  [(f["id"], f["model_id"], f["version_id"]) for f in rows.files if f["_archived"]],
-                  rows.tags, (rows.creator["username"], rows.creator["image"]) if rows.creator else None)
 
 
 def snapshot_row(s: Snapshot) -> tuple:
@@ -526,7 +494,7 @@ class _Writer:
             _insert_sql("model_snapshots", _COLS["model_snapshots"], "INSERT OR IGNORE"), snap_rows)
         self.summary.snapshots_new += self.conn.total_changes - before
 
-    def write_models(self, model_ids: list[int], rows: list[Packed], clean: bool) -> None:
+    def write_models(self, model_ids: list[int], rows: list[ModelRows], clean: bool) -> None:
         """Write derived rows; ``clean`` first removes what these models had (re-derivation)."""
         conn = self.conn
         if clean and model_ids:
@@ -649,16 +617,21 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     if fresh:  # a temp file swapped in at the end: a crash leaves the old database untouched
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         conn.execute("PRAGMA cache_size=-262144")  # 256 MiB
         conn.execute("PRAGMA temp_store=MEMORY")
-    # Indexes stay on during the load: building them at the end means re-reading every row with
-    # its JSON (overflow pages), measured slower than keeping the B-trees ordered row by row.
-    apply_schema(db, CIVITAI_SCHEMA)
+        # Secondary indexes are built once after the load (one sort each instead of a random
+        # B-tree insert per row). Cheap because the JSON columns come last in every table: the
+        # index build reads each row's leading columns, never the JSON's overflow pages.
+        apply_schema(db, _LOAD_SCHEMA)
+    else:
+        apply_schema(db, CIVITAI_SCHEMA)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small dicts, no cycles: the collector only burns time here
     try:
         _run_build(conn, dump, summary, fresh, progress, workers)
         if fresh:
+            apply_schema(db, CIVITAI_SCHEMA)  # the secondary indexes
             conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
         conn.execute("UPDATE creators SET model_count = "
                      "(SELECT count(*) FROM models WHERE models.username = creators.username)")
@@ -691,7 +664,7 @@ class _TaskResult:
     errors: list[tuple[str, str]]
     skips: list[tuple[str, str]]
     files_read: int
-    derived: dict[int, Packed | None]  # models seen in this task (None: nothing usable)
+    derived: dict[int, ModelRows | None]  # models seen in this task (None: nothing usable)
 
 
 _SKIP_DERIVE: Any = frozenset()  # models the worker need not derive (re-derived from the db later)
@@ -733,7 +706,7 @@ def _read_task(dump: str, items: list[tuple[str, int, int, float]],
             continue
         # dedupe identical snapshots (main file and an identical side file)
         rows = derive_model(model_id, list({sn.sha: sn for sn in snaps}.values()))
-        out.derived[model_id] = pack(rows) if rows is not None else None
+        out.derived[model_id] = rows
     return out
 
 
@@ -849,7 +822,7 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
     for start in range(0, len(ids), 500):
         part = ids[start:start + 500]
         loaded = writer.load_snapshots(part)
-        rows = [pack(r) for r in (derive_model(mid, loaded.get(mid, [])) for mid in part)
+        rows = [r for r in (derive_model(mid, loaded.get(mid, [])) for mid in part)
                 if r is not None]
         writer.write_models(part, rows, clean=True)
         conn.commit()

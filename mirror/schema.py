@@ -58,7 +58,9 @@ def apply_schema(db: sqlite_utils.Database, schema: dict[str, dict[str, Any]]) -
 # ---- civitai.sqlite ----------------------------------------------------------
 # Core tables keep the community archive's column names and types (ComfyUI-Lora-Manager reads
 # models / model_versions / model_files / archived_model_files), then add Civitai's own field
-# names as extra columns for facets. Bookkeeping columns start with "_".
+# names as extra columns for facets. Bookkeeping columns start with "_". The JSON columns (``data``,
+# ``meta``) come last in each table: SQLite reads a row's columns in order, so a facet, a count or an
+# index build over a column declared after a 5 KB JSON value would walk that value's overflow pages.
 CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "creators": {
         "columns": {"username": str, "image": str, "model_count": int},
@@ -68,7 +70,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "models": {
         "columns": {
             # community archive columns (created_at/updated_at: epoch seconds, first/last seen)
-            "id": int, "name": str, "type": str, "username": str, "data": str,
+            "id": int, "name": str, "type": str, "username": str,
             "created_at": int, "updated_at": int,
             # Civitai's own fields
             "description_text": str, "nsfw": int, "nsfwLevel": int, "poi": int, "minor": int,
@@ -80,6 +82,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
             # bookkeeping
             "_first_seen": str, "_last_seen": str, "_gone": int, "_partial": int,
             "_snapshots": int, "_source_path": str,
+            "data": str,  # last: the big JSON, so other columns never sit behind its overflow pages
         },
         "pk": "id",
         "not_null": {"name", "type", "data", "created_at", "updated_at"},
@@ -92,11 +95,12 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "model_versions": {
         "columns": {
             "id": int, "model_id": int, "position": int, "name": str, "base_model": str,
-            "published_at": int, "data": str, "created_at": int, "updated_at": int,
+            "published_at": int, "created_at": int, "updated_at": int,
             "baseModelType": str, "status": str, "publishedAt": str, "createdAt": str,
             "nsfwLevel": int, "availability": str, "trainedWords": str, "downloadCount": int,
             "thumbsUpCount": int, "thumbsDownCount": int, "downloadUrl": str,
             "_archived": int, "_first_seen": str, "_last_seen": str,
+            "data": str,
         },
         "pk": "id",
         "not_null": {"model_id", "position", "name", "base_model", "data", "created_at", "updated_at"},
@@ -107,10 +111,11 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "model_files": {
         "columns": {
             "id": int, "model_id": int, "version_id": int, "type": str, "sha256": str,
-            "data": str, "created_at": int, "updated_at": int,
+            "created_at": int, "updated_at": int,
             "name": str, "sizeKB": float, "primary": int, "format": str, "size": str, "fp": str,
             "pickleScanResult": str, "virusScanResult": str, "downloadUrl": str,
             "_archived": int,
+            "data": str,
         },
         "pk": "id",
         "not_null": {"model_id", "version_id", "type", "data", "created_at", "updated_at"},
@@ -134,7 +139,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
         "columns": {
             "id": int, "version_id": int, "model_id": int, "position": int, "url": str,
             "width": int, "height": int, "nsfwLevel": int, "nsfw": str, "hash": str, "type": str,
-            "hasMeta": int, "meta": str, "local_path": str,
+            "hasMeta": int, "local_path": str, "meta": str,
         },
         "pk": "id",
         "foreign_keys": [("version_id", "model_versions", "id"), ("model_id", "models", "id")],
@@ -155,7 +160,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "model_snapshots": {
         "columns": {
             "model_id": int, "sha": str, "fetched_at": str, "kind": str, "mode": str,
-            "version_count": int, "file_count": int, "path": str, "data": str,
+            "version_count": int, "file_count": int, "path": str, "data": str,  # data last
         },
         "pk": ("model_id", "sha"),
         "indexes": [["fetched_at"]],
