@@ -64,7 +64,7 @@ class Snapshot:
     fetched_at: str
     path: str
     sha: str
-    text: str
+    text: str | bytes  # the answer's JSON (bytes straight from the file or orjson; str from the db)
     data: Any = None  # parsed dict (None for notfound)
 
 
@@ -177,6 +177,12 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+# The big JSON columns take orjson's bytes as they are: the INSERT casts them to TEXT in SQLite
+# (same stored value as a str, without decoding to str and encoding back to UTF-8 per row).
+_json = orjson.dumps
+_CAST_COLUMNS = frozenset({"data", "meta"})
+
+
 def _is_model(doc: Any) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("id"), int) and isinstance(
         doc.get("modelVersions"), list)
@@ -228,17 +234,16 @@ def parse_document(raw: bytes, rel_path: str, mtime: float) -> tuple[list[Snapsh
     whole_sha = hashlib.blake2b(raw, digest_size=16).hexdigest()
 
     if _is_model(doc):
-        return [Snapshot(doc["id"], "model", fetched_at, rel_path, whole_sha, raw.decode(), doc)], None
+        return [Snapshot(doc["id"], "model", fetched_at, rel_path, whole_sha, raw, doc)], None
     if _is_version(doc):
-        return [Snapshot(doc["modelId"], "version", fetched_at, rel_path, whole_sha, raw.decode(),
-                         doc)], None
+        return [Snapshot(doc["modelId"], "version", fetched_at, rel_path, whole_sha, raw, doc)], None
     items = doc.get("items") if isinstance(doc, dict) else doc if isinstance(doc, list) else None
     if isinstance(items, list):
         snaps = []
         for item in items:
             if _is_model(item) or _is_version(item):
-                text = orjson.dumps(item, option=orjson.OPT_SORT_KEYS).decode()
-                sha = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+                text = orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+                sha = hashlib.blake2b(text, digest_size=16).hexdigest()
                 kind = "model" if _is_model(item) else "version"
                 model_id = item["id"] if kind == "model" else item["modelId"]
                 snaps.append(Snapshot(model_id, kind, fetched_at, rel_path, sha, text, item))
@@ -249,7 +254,7 @@ def parse_document(raw: bytes, rel_path: str, mtime: float) -> tuple[list[Snapsh
             (isinstance(doc, dict) and "error" in doc and (side or len(doc) <= 3))
             or (side and (doc is None or isinstance(doc, str)))):
         # a 404 body: the crawler keeps it beside the good copy on a refresh (history.txt)
-        return [Snapshot(name_id, "notfound", fetched_at, rel_path, whole_sha, raw.decode())], None
+        return [Snapshot(name_id, "notfound", fetched_at, rel_path, whole_sha, raw)], None
     return [], "not a Civitai model, model version or list page"
 
 
@@ -373,7 +378,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         _num(sget("rating")), _int(sget("tippedAmountCount")),
         _dumps(tags), _dumps(base_models), len(current_versions),
         first_seen, last_seen, gone, 0 if full else 1, len(snaps), current_path,
-        _dumps(model_data),
+        _json(model_data),
     )
     version_rows = []
     for vid, (version, position, v_first, v_last) in versions.items():
@@ -392,7 +397,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             _int(vget("downloadCount")), _int(vget("thumbsUpCount")),
             _int(vget("thumbsDownCount")), vg("downloadUrl"),
             0 if vid in current_versions else 1, v_first, v_last,
-            _dumps(version),
+            _json(version),
         ))
     file_rows, hash_rows, archived_rows = [], [], []
     for fid, (file, vid) in files.items():
@@ -411,7 +416,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             fid, model_id, vid, fg("type") or "", canon.get("SHA256"), created_at, updated_at,
             fg("name"), _num(fg("sizeKB")), _bool(fg("primary")), mg("format"), mg("size"),
             mg("fp"), fg("pickleScanResult"), fg("virusScanResult"), fg("downloadUrl"),
-            archived, _dumps(file),
+            archived, _json(file),
         ))
         if archived:
             archived_rows.append((fid, model_id, vid))
@@ -429,7 +434,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             (str(nsfw) if nsfw is not None else nsfw_level if isinstance(nsfw_level, str) else None),
             ig("hash"), ig("type"),
             _bool(ig("hasMeta") if "hasMeta" in image else (bool(meta) if "meta" in image else None)),
-            _dumps(meta) if meta else None,
+            _json(meta) if meta else None,
         ))
     creator_row = (username, creator.get("image")) if username else None
     return ModelRows(model_id, model, version_rows, file_rows, hash_rows, image_rows,
@@ -440,7 +445,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
 
 def _insert_sql(table: str, columns: list[str], verb: str = "INSERT OR REPLACE") -> str:
     cols = ", ".join(f'"{c}"' for c in columns)
-    marks = ", ".join("?" for _ in columns)
+    marks = ", ".join("CAST(? AS TEXT)" if c in _CAST_COLUMNS else "?" for c in columns)
     return f'{verb} INTO "{table}" ({cols}) VALUES ({marks})'
 
 

@@ -247,6 +247,26 @@ def test_indexes_the_matcher_uses(built):
     assert Mirror(tables).indexed("model_files", "sizeKB")
 
 
+def test_fresh_build_has_every_declared_index_and_json_as_text(built):
+    """A fresh build loads bare tables and indexes at the end: nothing declared may be missing, and
+    the JSON columns (inserted as bytes) read back as TEXT, the way Lora Manager json.loads them."""
+    _, db, _ = built
+    import json
+    import sqlite_utils
+    from mirror.schema import CIVITAI_SCHEMA
+    tables = sqlite_utils.Database(db)
+    for name, spec in CIVITAI_SCHEMA.items():
+        have = [ix.columns for ix in tables[name].indexes]
+        for index in spec.get("indexes", []):
+            cols = index["columns"] if isinstance(index, dict) else index
+            assert list(cols) in have, (name, cols)
+    for table in ("models", "model_versions", "model_files", "model_snapshots"):
+        assert rows(db, f"SELECT DISTINCT typeof(data) FROM {table}") == [("text",)], table
+    assert rows(db, "SELECT DISTINCT typeof(meta) FROM images WHERE meta IS NOT NULL") == [("text",)]
+    (data,) = tables.execute("SELECT data FROM models WHERE id = 101").fetchone()
+    assert json.loads(data)["id"] == 101
+
+
 def test_worker_processes_build_the_same_rows(tmp_path):
     """Reading and deriving in worker processes (used for big dumps) gives the same database."""
     dump = copy_dump(tmp_path / "dump")
