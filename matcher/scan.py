@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import stat as statmod
 import threading
@@ -143,26 +144,43 @@ def _database_files(db: sqlite_utils.Database) -> set[str]:
     return files
 
 
-def walk(root: str, skip: set[str] = frozenset()) -> Iterable[tuple[str, os.stat_result]]:
-    """(path, stat) of every regular file under ``root``; symlinks are not followed."""
-    def onerror(exc: OSError) -> None:
-        log.warning("cannot read %s: %s", exc.filename, exc.strerror)
+_entry_name = operator.attrgetter("name")
 
+
+def walk(root: str, skip: set[str] = frozenset()) -> Iterable[tuple[str, os.stat_result]]:
+    """(path, stat) of every regular file under ``root``; symlinks are not followed.
+
+    One ``scandir`` per folder and one ``lstat`` per regular file (the entry type comes from the
+    directory listing); folders and files in name order.
+    """
     skip_names = {os.path.basename(p) for p in skip}
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=_entry_name)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", exc.filename or folder, exc.strerror)
+            continue
+        folders = []
+        for entry in entries:
             try:
-                st = os.lstat(path)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
             except OSError as exc:
-                log.warning("cannot stat %s: %s", path, exc.strerror)
+                log.warning("cannot stat %s: %s", entry.path, exc.strerror)
                 continue
             if not statmod.S_ISREG(st.st_mode):
                 continue
-            if name in skip_names and os.path.realpath(path) in skip:
+            if entry.name in skip_names and os.path.realpath(entry.path) in skip:
                 continue
-            yield path, st
+            yield entry.path, st
+        stack.extend(reversed(folders))
 
 
 def _under(root: str) -> tuple[str, str]:
@@ -209,15 +227,53 @@ def scan_library(
     def rows(sql: str, params: Iterable[Any]) -> list[dict[str, Any]]:
         return [dict(zip(columns, r)) for r in conn.execute(select + sql, tuple(params)).fetchall()]
 
-    # 1. Walk every root; remember what the table knew under them.
+    # 1. Walk every root; remember what the table knew under them. The unchanged files (same
+    #    path, device, inode, size and mtime, already hashed or not to be hashed) are found by
+    #    one set intersection against one query per root; only the rest are looked at one by one.
     seen: dict[str, tuple[str, os.stat_result]] = {}
-    known: dict[str, dict[str, Any]] = {}
+    seen_keys: set[tuple[str, int, int, int, int]] = set()
     for root in roots:
         for path, st in walk(root, skip):
-            seen.setdefault(path, (root, st))
-        for row in rows("WHERE path >= ? AND path < ?", _under(root)):
-            known[row["path"]] = row
+            if path not in seen:
+                seen[path] = (root, st)
+                seen_keys.add((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     summary["files"] = len(seen)
+    cached: dict[tuple[str, int, int, int, int], tuple] = {}
+    all_known: dict[str, int] = {}
+    for root in roots:
+        found = conn.execute(
+            "SELECT path, device, inode, size, mtime_ns, id, kind, _hashed_at IS NOT NULL FROM files"
+            " WHERE path >= ? AND path < ?", _under(root)).fetchall()
+        all_known.update((row[0], row[5]) for row in found)
+        if not force_rescan:
+            cached.update((row[:5], row) for row in found
+                          if row[7] or row[6] not in HASHED_KINDS or row[3] > limit)
+        del found
+    unchanged_keys = seen_keys & cached.keys() if cached else set()
+    summary["unchanged"] = len(unchanged_keys)
+    touched: list[tuple[str, str, int]] = []
+    summary["skipped"] += sum(1 for key in unchanged_keys if key[3] > limit and cached[key][6] in HASHED_KINDS)
+    if len(unchanged_keys) <= 1000:
+        touched.extend((now, seen[key[0]][0], cached[key][5]) for key in unchanged_keys)
+    del cached
+    if unchanged_keys:
+        unchanged_paths = {key[0] for key in unchanged_keys}
+        rest = [path for path in seen if path not in unchanged_paths]  # in the walk's order
+        del unchanged_paths
+    else:
+        rest = list(seen)
+    known: dict[str, dict[str, Any]] = {}
+    if rest:
+        rest_set = set(rest)
+        for root in roots:
+            for row in rows("WHERE path >= ? AND path < ?", _under(root)) if len(rest) > 200 else ():
+                if row["path"] in rest_set:
+                    known[row["path"]] = row
+        if len(rest) <= 200:
+            for path in rest:
+                if path in all_known:
+                    for row in rows("WHERE id = ?", (all_known[path],)):
+                        known[path] = row
 
     def needs_hash(kind: str, size: int) -> bool:
         return kind in HASHED_KINDS and size <= limit
@@ -226,14 +282,14 @@ def scan_library(
         return row["path"] not in seen and not os.path.lexists(row["path"])
 
     jobs: list[dict[str, Any]] = []
-    touched: list[tuple[str, str, int]] = []
     with conn:
-        for path, (root, st) in seen.items():
+        for path in rest:
+            root, st = seen[path]
             row = known.get(path)
             dev, ino, size, mtime = _stat_key(st)
             if row is not None and (row["device"], row["inode"], row["size"], row["mtime_ns"]) == (dev, ino, size, mtime):
                 hashed = row["_hashed_at"] is not None or not needs_hash(row["kind"], size)
-                if hashed and not force_rescan:
+                if hashed and not force_rescan:  # pragma: no cover - found by the bulk comparison
                     summary["unchanged"] += 1
                     if row["kind"] in HASHED_KINDS and size > limit:
                         summary["skipped"] += 1
@@ -274,6 +330,7 @@ def scan_library(
                     summary["moves"].append({"from": moved["path"], "to": path})
                     log.info("moved: %s -> %s", moved["path"], path)
                     known.pop(moved["path"], None)
+                    all_known.pop(moved["path"], None)
                     _update(conn, moved["id"], {"path": path, "root": root, "device": dev, "inode": ino,
                                                      "mtime_ns": mtime, "missing": 0, "_last_seen": now})
                     if moved["_hashed_at"] is None and needs_hash(moved["kind"], size):
@@ -295,12 +352,18 @@ def scan_library(
             elif kind in HASHED_KINDS:
                 summary["skipped"] += 1
                 log.info("not hashed (larger than max_file_size %d): %s", limit, path)
-        gone = [row["id"] for path, row in known.items() if path not in seen]
-        if len(touched) > 1000:  # one statement per root beats one per file
+        gone = [file_id for path, file_id in all_known.items() if path not in seen]
+        if len(touched) > 1000 or len(unchanged_keys) > 1000:  # one statement per root beats one per file
             gone_json = json.dumps(gone)
             for root in roots:
-                conn.execute("UPDATE files SET _last_seen = ?, root = ?, missing = 0 WHERE path >= ? AND path < ?"
-                             " AND id NOT IN (SELECT value FROM json_each(?))", (now, root, *_under(root), gone_json))
+                # root and missing are set only where they differ: setting an indexed column to the
+                # value it has still rewrites its index entry
+                where = " WHERE path >= ? AND path < ? AND id NOT IN (SELECT value FROM json_each(?))"
+                conn.execute("UPDATE files SET _last_seen = ?" + where, (now, *_under(root), gone_json))
+                conn.execute("UPDATE files SET root = ?" + where + " AND root IS NOT ?",
+                             (root, *_under(root), gone_json, root))
+                conn.execute("UPDATE files SET missing = 0" + where + " AND missing IS NOT 0",
+                             (*_under(root), gone_json))
         else:
             conn.executemany("UPDATE files SET _last_seen = ?, root = ?, missing = 0 WHERE id = ?", touched)
         conn.executemany("UPDATE files SET missing = 1 WHERE id = ?", [(i,) for i in gone])
