@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,7 +94,7 @@ class BuildSummary:
 # ---- small pure helpers -----------------------------------------------------------------------
 
 def utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def side_stamp_to_iso(stamp: str) -> str:
@@ -200,6 +201,7 @@ def iter_dump_files(dump: Path) -> Iterator[tuple[str, os.stat_result]]:
     """Every ``*.json`` under the dump except the images archive, as (relative path, stat)."""
     stack = [dump]
     found: list[tuple[str, os.stat_result]] = []
+    cut = len(os.path.join(str(dump), ""))  # entry.path[cut:] is the relative path (no relpath)
     while stack:
         folder = stack.pop()
         try:
@@ -215,7 +217,7 @@ def iter_dump_files(dump: Path) -> Iterator[tuple[str, os.stat_result]]:
                     continue
                 stack.append(Path(entry.path))
             elif entry.name.endswith(".json") and entry.is_file():
-                found.append((os.path.relpath(entry.path, dump), entry.stat()))
+                found.append((entry.path[cut:], entry.stat()))
     found.sort(key=lambda item: item[0])
     yield from found
 
