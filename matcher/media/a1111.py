@@ -125,28 +125,42 @@ def parse_params(line: str) -> dict[str, str]:
     return out
 
 
+_STEPS_RE = re.compile(r"(^|[\n,])\s*Steps:\s*\d")
+_NEG_LINE_RE = re.compile(r"(^|\n)\s*Negative prompt:", re.IGNORECASE)
+_CORE_KEY_RE = re.compile(r"\b(Seed|Sampler|CFG scale):")
+
+
 def looks_like_infotext(text: str) -> bool:
-    return bool(re.search(r"(^|[\n,])\s*Steps:\s*\d", text)) or bool(
-        re.search(r"(^|\n)\s*Negative prompt:", text, re.IGNORECASE) and re.search(r"\b(Seed|Sampler|CFG scale):", text))
+    return bool(_STEPS_RE.search(text)) or bool(_NEG_LINE_RE.search(text) and _CORE_KEY_RE.search(text))
 
 
 def split_infotext(text: str) -> tuple[str, str | None, str]:
     """-> (positive, negative or None, parameter text)."""
+    return _split_infotext(text)[:3]
+
+
+def _split_infotext(text: str) -> tuple[str, str | None, str, dict[str, str] | None]:
+    """``split_infotext`` plus the parsed parameter text when it was already parsed (one line)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip("\x00")
     lines = text.split("\n")
     # the parameter block starts at the last line that begins like a parameter line
     p_start = None
+    parsed = None
     for idx in range(len(lines) - 1, -1, -1):
         line = lines[idx]
-        if _PARAM_START.match(line) and len(parse_params(line)) >= 2:
-            p_start = idx
-            break
+        if _PARAM_START.match(line):
+            parsed = parse_params(line)
+            if len(parsed) >= 2:
+                p_start = idx
+                break
     if p_start is None:
         params = ""
         body = lines
+        parsed = None
     else:
-        params = " ".join(l.strip() for l in lines[p_start:] if l.strip())
         params = ", ".join(l.strip().rstrip(",") for l in lines[p_start:] if l.strip())
+        if params != lines[p_start]:
+            parsed = None  # several lines, or trimmed: parse the joined text again
         body = lines[:p_start]
     neg_idx = None
     for idx, line in enumerate(body):
@@ -154,10 +168,10 @@ def split_infotext(text: str) -> tuple[str, str | None, str]:
             neg_idx = idx
             break
     if neg_idx is None:
-        return "\n".join(body).strip(), None, params
+        return "\n".join(body).strip(), None, params, parsed
     positive = "\n".join(body[:neg_idx]).strip()
     neg_lines = [_NEG_RE.sub("", body[neg_idx], count=1)] + body[neg_idx + 1:]
-    return positive, "\n".join(neg_lines).strip(), params
+    return positive, "\n".join(neg_lines).strip(), params, parsed
 
 
 def _json_or_none(value: str) -> Any:
@@ -178,8 +192,8 @@ def _pairs(value: str) -> list[tuple[str, str]]:
 
 
 def parse_infotext(text: str) -> dict[str, Any]:
-    positive, negative, param_text = split_infotext(text)
-    params = parse_params(param_text) if param_text else {}
+    positive, negative, param_text, parsed = _split_infotext(text)
+    params = (parsed if parsed is not None else parse_params(param_text)) if param_text else {}
     rec = new_record("AUTOMATIC1111")
     rec["positive_raw"] = positive
     rec["negative_raw"] = negative or ""
@@ -213,10 +227,21 @@ def apply_params(rec: dict[str, Any], params: dict[str, str]) -> None:
         rec["hires_denoising"] = rec["denoising_strength"]
     ref = rec.get("refiner_model")
     if isinstance(ref, str):
-        m = re.match(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$", ref)
+        m = _REFINER_RE.match(ref)
         if m:
             rec["refiner_model"] = m.group(1)
             rec["refiner_hash"] = m.group(2)
+
+
+_REFINER_RE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
+_FORGE_RE = re.compile(r"^f\d+\.\d+\.\d+v\d")
+_REFORGE_RE = re.compile(r"^f1\.\d+\.\d+v2")
+_ADDNET_RE = re.compile(r"addnet model (\d+)$")
+_ADDNET_VALUE_RE = re.compile(r"^(.*?)\(([0-9a-fA-F]{8,64})\)$")
+_LORA_N_RE = re.compile(r"lora_(\d+) model name$")
+_CONTROLNET_RE = re.compile(r"controlnet(?: (\d+))?$")
+_CN_MODEL_RE = re.compile(r"Model:\s*([^,\[]+?)\s*(?:\[([0-9a-fA-F]{8,64})\])?\s*(?:,|$)")
+_CN_WEIGHT_RE = re.compile(r"Weight:\s*([-\d.]+)")
 
 
 def detect_a1111_fork(params: dict[str, str], text: str) -> str:
@@ -235,8 +260,8 @@ def detect_a1111_fork(params: dict[str, str], text: str) -> str:
         return "Forge Neo"
     if version == "classic":
         return "Forge Classic"
-    if re.match(r"^f\d+\.\d+\.\d+v\d", version):
-        if re.match(r"^f1\.\d+\.\d+v2", version):
+    if _FORGE_RE.match(version):
+        if _REFORGE_RE.match(version):
             return "reForge"
         return "Forge"
     if "pipeline" in lower and "operations" in lower:
@@ -258,21 +283,23 @@ def add_param_resources(rec: dict[str, Any], params: dict[str, str]) -> None:
                      weight=to_float(lower.get("hypernet strength")))
     for key, value in params.items():
         kl = key.lower()
-        m = re.match(r"addnet model (\d+)$", kl)
+        if not kl.startswith(("addnet model ", "lora_", "controlnet")):
+            continue  # none of the patterns below can match
+        m = _ADDNET_RE.match(kl)
         if m:
-            mm = re.match(r"^(.*?)\(([0-9a-fA-F]{8,64})\)$", value.strip())
+            mm = _ADDNET_VALUE_RE.match(value.strip())
             name, h = (mm.group(1), mm.group(2)) if mm else (value, None)
             add_resource(rec, "lora", name, h, weight=to_float(lower.get(f"addnet weight a {m.group(1)}")))
-        m = re.match(r"lora_(\d+) model name$", kl)
+        m = _LORA_N_RE.match(kl)
         if m:
             n = m.group(1)
             add_resource(rec, "lora", value, lower.get(f"lora_{n} model hash"),
                          weight=to_float(lower.get(f"lora_{n} strength model")))
-        m = re.match(r"controlnet(?: (\d+))?$", kl)
+        m = _CONTROLNET_RE.match(kl)
         if m:
-            mm = re.search(r"Model:\s*([^,\[]+?)\s*(?:\[([0-9a-fA-F]{8,64})\])?\s*(?:,|$)", value)
+            mm = _CN_MODEL_RE.search(value)
             if mm and mm.group(1).strip().lower() != "none":
-                wm = re.search(r"Weight:\s*([-\d.]+)", value)
+                wm = _CN_WEIGHT_RE.search(value)
                 add_resource(rec, "controlnet", mm.group(1).strip(), mm.group(2),
                              weight=to_float(wm.group(1)) if wm else None)
     if lower.get("lora hashes"):

@@ -11,6 +11,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 MAX_PROMPT_BYTES = 64 * 1024
 
 #: normalised scalar fields, in the order they are shown and stored
@@ -27,6 +29,12 @@ def new_record(tool: str | None) -> dict[str, Any]:
     return {"generation_tool": tool, "loras": [], "resources": [], "params": {}}
 
 
+_INT_RE = re.compile(r"[-+]?\d{1,40}")
+_INT_DOT_ZERO_RE = re.compile(r"[-+]?\d+\.0+")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_SIZE_RE = re.compile(r"\(?\s*(\d{1,6})\s*[x×,]\s*(\d{1,6})\s*\)?")
+
+
 def to_int(value: Any) -> int | None:
     """Exact integers (seeds may exceed 2**53): never through float unless given as a float."""
     if value is None or isinstance(value, bool):
@@ -36,9 +44,9 @@ def to_int(value: Any) -> int | None:
     if isinstance(value, float):
         return int(value) if math.isfinite(value) and value == int(value) else None
     s = str(value).strip().strip('"')
-    if re.fullmatch(r"[-+]?\d{1,40}", s):
+    if _INT_RE.fullmatch(s):
         return int(s)
-    if re.fullmatch(r"[-+]?\d+\.0+", s):
+    if _INT_DOT_ZERO_RE.fullmatch(s):
         return int(s.split(".")[0])
     return None
 
@@ -50,7 +58,7 @@ def to_float(value: Any) -> float | None:
         f = float(value)
     else:
         s = str(value).strip().strip('"')
-        if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", s):
+        if not _FLOAT_RE.fullmatch(s):
             return None
         f = float(s)
     return f if math.isfinite(f) else None
@@ -61,7 +69,7 @@ def set_size(rec: dict[str, Any], value: Any) -> None:
         return
     s = str(value).strip()
     rec["size_raw"] = s
-    m = re.fullmatch(r"\(?\s*(\d{1,6})\s*[x×,]\s*(\d{1,6})\s*\)?", s)
+    m = _SIZE_RE.fullmatch(s)
     if m:
         rec["width"], rec["height"] = int(m.group(1)), int(m.group(2))
 
@@ -97,6 +105,7 @@ def clean_hash(h: Any) -> str | None:
     return s.upper()
 
 
+_SPACES_RE = re.compile(r"\s+")
 _EXT_RE = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)
 
 
@@ -106,7 +115,7 @@ def normalise_name(name: str) -> str:
     s = s.rsplit("/", 1)[-1]
     s = _EXT_RE.sub("", s)
     s = s.strip().rstrip(".,;:!?")
-    return re.sub(r"\s+", "_", s)
+    return _SPACES_RE.sub("_", s)
 
 
 def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: float | None = None,
@@ -148,11 +157,14 @@ _TAG_RE = re.compile(r"<(lora|lyco|locon|hypernet):([^<>]*?)>", re.IGNORECASE)
 _PLAIN_RE = re.compile(r"(?<![<\w:])lora:([^\s:,<>()\[\]]{2,120}):([-+]?\d*\.?\d+)", re.IGNORECASE)
 
 
+_WEIGHT_RE = re.compile(r"\s*[-+]?\d*\.?\d+\s*")
+
+
 def _split_tag(body: str) -> tuple[str, list[str]]:
     parts = body.split(":")
     # weights are the trailing numeric parts; everything before them is the name (names may hold ':')
     weights: list[str] = []
-    while len(parts) > 1 and re.fullmatch(r"\s*[-+]?\d*\.?\d+\s*", parts[-1]) and len(weights) < 2:
+    while len(parts) > 1 and _WEIGHT_RE.fullmatch(parts[-1]) and len(weights) < 2:
         weights.insert(0, parts.pop())
     return ":".join(parts), weights
 
@@ -161,7 +173,11 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
     out = []
     if not text:
         return out
-    for m in _TAG_RE.finditer(text):
+    has_tag = "<" in text  # cheap tests: most prompts hold neither kind of tag
+    has_plain = "lora:" in text.lower()
+    if not has_tag and not has_plain:
+        return out
+    for m in (_TAG_RE.finditer(text) if has_tag else ()):
         kind = m.group(1).lower()
         name, weights = _split_tag(m.group(2))
         w1 = to_float(weights[0]) if weights else 1.0
@@ -170,8 +186,8 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
             continue  # <lora:name:abc> malformed weight
         out.append({"kind": "hypernetwork" if kind == "hypernet" else ("lycoris" if kind in ("lyco", "locon") else "lora"),
                     "raw_name": name, "weight": w1, "weight2": w2, "context": context, "pos": m.start()})
-    tagged = [(m.start(), m.end()) for m in _TAG_RE.finditer(text)]
-    for m in _PLAIN_RE.finditer(text):
+    tagged = [(m.start(), m.end()) for m in _TAG_RE.finditer(text)] if has_tag else []
+    for m in (_PLAIN_RE.finditer(text) if has_plain else ()):
         if any(a <= m.start() < b for a, b in tagged):
             continue
         out.append({"kind": "lora", "raw_name": m.group(1), "weight": to_float(m.group(2)), "weight2": None,
@@ -218,12 +234,22 @@ def add_lora_usage(rec: dict[str, Any], name: str, weight: float | None, context
 def clean_prompt(text: str | None) -> str | None:
     if text is None:
         return None
-    s = _TAG_RE.sub("", text)
-    s = _PLAIN_RE.sub("", s)
-    s = re.sub(r"[ \t]+", " ", s)
-    s = re.sub(r"(\s*,\s*){2,}", ", ", s)
-    s = re.sub(r" *\n *", "\n", s)
+    # each substitution only where it can change something (the tests are much cheaper than the regexes)
+    s = _TAG_RE.sub("", text) if "<" in text else text
+    if "lora:" in s.lower():
+        s = _PLAIN_RE.sub("", s)
+    if "  " in s or "\t" in s:
+        s = _BLANKS_RE.sub(" ", s)
+    if s.count(",") >= 2:
+        s = _COMMAS_RE.sub(", ", s)
+    if "\n" in s:
+        s = _NEWLINE_RE.sub("\n", s)
     return s.strip().strip(",").strip()
+
+
+_BLANKS_RE = re.compile(r"[ \t]+")
+_COMMAS_RE = re.compile(r"(\s*,\s*){2,}")
+_NEWLINE_RE = re.compile(r" *\n *")
 
 
 def _truncate(text: str) -> tuple[str, bool]:
@@ -255,18 +281,22 @@ def finalise(rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
+_PLAIN_TYPES = frozenset((str, int, bool))
+
+
 def _canon(value: Any) -> Any:
+    if type(value) in _PLAIN_TYPES:
+        return value
     if isinstance(value, float):
         return format(value, ".6g")
-    if isinstance(value, dict):
-        return {k: _canon(v) for k, v in value.items() if v is not None}
+    if isinstance(value, dict):  # str/int/bool values (most of them) need no call
+        return {k: v if type(v) in _PLAIN_TYPES else _canon(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_canon(v) for v in value]
     return value
 
 
-def canonical_json(rec: dict[str, Any]) -> str:
-    """Non-null scalars, floats as {:.6g}, sorted keys, compact separators, UTF-8."""
+def _canonical_body(rec: dict[str, Any]) -> dict[str, Any]:
     body = {k: rec[k] for k in FIELDS if rec.get(k) is not None}
     body["loras"] = rec.get("loras") or []
     res = [_canon(r) for r in rec.get("resources") or []]
@@ -274,8 +304,39 @@ def canonical_json(rec: dict[str, Any]) -> str:
     body["params"] = {k: v for k, v in (rec.get("params") or {}).items() if isinstance(v, (str, int, float, bool))}
     body = _canon(body)
     body["resources"] = res
+    return body
+
+
+def _json_text(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _not_plain(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+#: orjson writes exactly what the json call above writes for plain str/int/bool/None/list/dict
+#: (same escapes, same key order, compact); anything else (int subclasses, huge ints, lone
+#: surrogates, non-str keys, dates) raises here and goes through json as before.
+_ORJSON_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
+                   | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def _canonical_bytes(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body, default=_not_plain, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError included
+        return _json_text(body).encode("utf-8")
+
+
+def canonical_json(rec: dict[str, Any]) -> str:
+    """Non-null scalars, floats as {:.6g}, sorted keys, compact separators, UTF-8."""
+    body = _canonical_body(rec)
+    try:
+        return orjson.dumps(body, default=_not_plain, option=_ORJSON_OPTIONS).decode("utf-8")
+    except TypeError:
+        return _json_text(body)
+
+
 def metadata_hash(rec: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(rec).encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical_bytes(_canonical_body(rec))).hexdigest()
