@@ -115,6 +115,8 @@ def normalise_name(name: str) -> str:
     s = s.rsplit("/", 1)[-1]
     s = _EXT_RE.sub("", s)
     s = s.strip().rstrip(".,;:!?")
+    if " " not in s and s.isprintable():  # every other whitespace character is unprintable
+        return s
     return _SPACES_RE.sub("_", s)
 
 
