@@ -11,6 +11,7 @@ A schema is ``{table_name: spec}`` where spec is::
         "indexes": [["sha256"], ["model_id", "position"]],  # optional; {"columns": [...], "unique": True} too
         "fts": ["name", "description"],  # optional: FTS5 over these columns
         "fts_triggers": True,           # optional; False when the caller fills the index itself
+        "without_rowid": True,          # optional: a compound-key table stored as one B-tree
     }
 
 ``apply_schema(db, SCHEMA)`` creates what is missing and adds missing columns and indexes to
@@ -30,13 +31,19 @@ def apply_schema(db: sqlite_utils.Database, schema: dict[str, dict[str, Any]]) -
         table = db.table(name)
         columns = spec["columns"]
         if not table.exists():
-            table.create(
-                columns,
-                pk=spec.get("pk"),
-                not_null=spec.get("not_null"),
-                defaults=spec.get("defaults"),
-                foreign_keys=spec.get("foreign_keys"),
-            )
+            if spec.get("without_rowid"):  # sqlite-utils cannot say WITHOUT ROWID itself
+                sql = db.create_table_sql(
+                    name, columns, pk=spec.get("pk"), not_null=spec.get("not_null"),
+                    defaults=spec.get("defaults"), foreign_keys=spec.get("foreign_keys"))
+                db.execute(sql.rstrip().rstrip(";") + " WITHOUT ROWID")
+            else:
+                table.create(
+                    columns,
+                    pk=spec.get("pk"),
+                    not_null=spec.get("not_null"),
+                    defaults=spec.get("defaults"),
+                    foreign_keys=spec.get("foreign_keys"),
+                )
         else:
             existing = set(table.columns_dict)
             for column, column_type in columns.items():
@@ -131,6 +138,8 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "file_hashes": {
         "columns": {"hash": str, "type": str, "file_id": int, "version_id": int, "model_id": int},
         "pk": ("file_id", "type"),
+        # no rowid: the key is the row (one B-tree less to write per hash)
+        "without_rowid": True,
         "foreign_keys": [("file_id", "model_files", "id"), ("version_id", "model_versions", "id"),
                          ("model_id", "models", "id")],
         "indexes": [["hash"]],
@@ -154,6 +163,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "models_tags": {
         "columns": {"models_id": int, "tags_id": int},
         "pk": ("models_id", "tags_id"),
+        "without_rowid": True,
         "foreign_keys": [("models_id", "models", "id"), ("tags_id", "tags", "id")],
         "indexes": [["tags_id"]],
     },
