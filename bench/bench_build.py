@@ -331,6 +331,11 @@ row writes ≈ 270 → ~100 (+ ~50 building the indexes once at the end), `deriv
 - `locking_mode=EXCLUSIVE` for the fresh temp file (with journal off, synchronous off, as before);
   relative paths by slicing instead of `os.path.relpath`.
 
+Same-day runs differ a lot with the neighbours' load (the 2 "cores" share one machine with ~5
+suites): an earlier `--compare-with` run at load 1.1–1.9, before the WITHOUT ROWID change, gave
+before 10.26× → after 8.81× CPU (9.0 s → 7.7 s CPU per build, 0.88 s CPU parse); the table above is the
+latest run. Compare before/after within one run, not across runs.
+
 Tried and dropped: page_size 8/16/64 KiB (no change beyond noise: 9.9–11.3× CPU for all four);
 the worker pool on this 2-core box (workers=1: 12.7× vs 11.2× serial, CPU incl. the worker;
 pickling rows costs more than it saves); a split-based tag stripper for `description_text` (slower
