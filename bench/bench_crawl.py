@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from crawler.client import CivitaiClient  # noqa: E402
 from crawler.jobs import CrawlOptions, run_crawl  # noqa: E402
 from tests.fakeapi import FakeCivitai, make_model  # noqa: E402
+from results import write_section  # noqa: E402
 
 THREADS = 16
 NOTES = [  # printed under the table
@@ -191,7 +192,7 @@ def main() -> None:
     bw, bc, cw, cc = rounds[ratios.index(ratio)]
     req_ratio = batch_requests / per_id_requests
     lines = [
-        f"### crawl ({date(2026, 11, 22).isoformat()})",
+        f"### crawl ({date.today().isoformat()})",
         "",
         f"`python bench/bench_crawl.py --ids {n} --rounds {args.rounds}` — fake API in its own process on 127.0.0.1 "
         f"(bodies encoded once), {n} ids, 2/3 found, `--threads {THREADS}` on both sides; median of {args.rounds} "
@@ -211,18 +212,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        results = REPO / "bench" / "RESULTS.md"
-        content = results.read_text(encoding="utf-8")
-        begin, end = "<!-- section: crawl -->", "<!-- end: crawl -->"
-        block = f"{begin}\n{text}\n{end}"
-        if begin in content and end in content:
-            head, rest = content.split(begin, 1)
-            _, tail = rest.split(end, 1)
-            content = head + block + tail
-        else:
-            content = content.rstrip("\n") + "\n\n" + block + "\n"
-        results.write_text(content, encoding="utf-8")
-
+        write_section("crawl", text)
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import io
 import os
-import re
 import shutil
 import struct
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from matcher.hashing import hash_file  # noqa: E402
 from matcher.scan import scan_library  # noqa: E402
+from results import write_section  # noqa: E402
 from matcher.schema import open_library  # noqa: E402
 
 
@@ -116,20 +116,6 @@ def bench_tree(tmp: Path, count: int) -> dict:
             "rename_hashed": moved["hashed_bytes"], "first_hashed": first["hashed_bytes"]}
 
 
-def write_results(text: str) -> None:
-    results = REPO / "bench" / "RESULTS.md"
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    start, end = "<!-- section: hash -->", "<!-- end: hash -->"
-    block = f"{start}\n{text}\n{end}"
-    if start in current:
-        current = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    part = results.with_name(results.name + ".part")
-    part.write_text(current)
-    os.replace(part, results)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=2048)
@@ -159,7 +145,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        write_results(text)
+        write_section("hash", text)
 
 
 if __name__ == "__main__":

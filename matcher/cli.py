@@ -110,16 +110,13 @@ def scan(directories, db_path, force_rescan, max_file_size, one_reader, workers,
         summary = scan_library(db, roots, force_rescan=force_rescan, max_file_size=limit,
                                one_reader=one_reader, workers=workers, progress=progress)
     if not no_extract:
+        from matcher.media import extract_library
+
         try:
-            from matcher.media import extract_library
-        except ImportError as exc:  # media extraction not built yet
-            log.debug("image metadata extraction unavailable: %s", exc)
-        else:
-            try:
-                summary["extracted"] = extract_library(db, force=force_rescan, progress=None)
-            except Exception as exc:  # the scan itself is saved; say what failed
-                log.error("image metadata extraction failed: %s", exc)
-                summary["extract_error"] = str(exc)
+            summary["extracted"] = extract_library(db, force=force_rescan, progress=None)
+        except Exception as exc:  # the scan itself is saved; say what failed
+            log.error("image metadata extraction failed: %s", exc)
+            summary["extract_error"] = str(exc)
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
@@ -845,7 +842,6 @@ def legacy(scan_dirs, extract_metadata, process_orphaned, dry_run, force_rescan,
     Example:
         civitai-mirror legacy --scan-directory ~/sd/models --extract-metadata --process-orphaned --dry-run
     """
-    import importlib
     import logging
     import os
 
@@ -858,26 +854,24 @@ def legacy(scan_dirs, extract_metadata, process_orphaned, dry_run, force_rescan,
     if not dest:
         raise click.ClickException("where to? give --dest DIR (or destination_directory in config.ini)")
 
-    def step(module: str, name: str):
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            raise click.ClickException(f"this step is not available yet ({module}.{name} is missing)") from None
+    from matcher.match import match_library
+    from matcher.media import extract_library
+    from matcher.scan import scan_library
 
     db = _open_sort_db(db_path, must_exist=bool(not roots))
     if roots:
         for root in roots:
             if not os.path.isdir(root):
                 raise click.ClickException(f"{root} is not a folder")
-        summary = step("matcher.scan", "scan_library")(db, roots, force_rescan=force_rescan,
+        summary = scan_library(db, roots, force_rescan=force_rescan,
                                                        max_file_size=config.max_file_size)
         click.echo(f"scan: {summary.get('files', 0)} files, {summary.get('new', 0)} new, "
                    f"{summary.get('errors', 0)} errors")
     if extract_metadata:
-        summary = step("matcher.media", "extract_library")(db, force=force_rescan)
+        summary = extract_library(db, force=force_rescan)
         click.echo("extract: " + ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int)))
     if os.path.exists(civitai_db):
-        summary = step("matcher.match", "match_library")(db, civitai_db)
+        summary = match_library(db, civitai_db)
         click.echo(f"match: {summary.get('models_matched', 0)}/{summary.get('models', 0)} models, "
                    f"{summary.get('images_matched', 0)}/{summary.get('images', 0)} images")
     else:

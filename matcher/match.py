@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -118,7 +117,7 @@ class Mirror:
         vcols, mcols = self.cols("model_versions"), self.cols("models")
         if vcols:
             model_key = _first(vcols, "modelId", "model_id")
-            rows = _rows(self.db, f"select * from model_versions where id = ?", [version_id])
+            rows = _rows(self.db, "select * from model_versions where id = ?", [version_id])
             if rows:
                 v = rows[0]
                 model_id = v.get(model_key) if model_key else None

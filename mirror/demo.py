@@ -186,7 +186,6 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
     h = {rel: hash_file(p) for rel, p in written.items()}
     ckpt = h["checkpoints/dreamy_mix_v2.safetensors"]
     lora = h["loras/paper_cut_style.safetensors"]
-    locon = h["loras/detail_slider_locon.safetensors"]
     emb = h["embeddings/soft_hands_neg.safetensors"]
     vae = h["vae/clear_skies_vae.safetensors"]
 

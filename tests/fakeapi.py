@@ -1,8 +1,9 @@
 """A fake Civitai API on 127.0.0.1 for tests: real HTTP, scripted faults, a request counter.
 
-Usage (the fixtures are plain pytest fixtures; import them into a test module or conftest)::
+Usage (the fixtures ``fake_civitai`` and ``fake_civitai_factory`` are registered for every test by
+``pytest_plugins`` in tests/conftest.py)::
 
-    from tests.fakeapi import fake_civitai, fake_civitai_factory, make_model  # noqa: F401
+    from tests.fakeapi import make_model
 
     def test_something(fake_civitai):
         fake_civitai.add_models(make_model(i) for i in range(1, 51) if i % 3)  # ids 1..50, every third absent
@@ -38,7 +39,7 @@ import copy
 import hashlib
 import json
 import threading
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Iterable
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from crawler import api
 from crawler.client import CivitaiClient, Invalid, NotFound
 from crawler.main import cli
-from tests.fakeapi import FIXTURES, fake_civitai, fake_civitai_factory, load_fixture, make_model  # noqa: F401
+from tests.fakeapi import FIXTURES, load_fixture, make_model
 
 
 def test_parser_accepts_every_sample(shared_dir):

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from crawler.main import cli
-from tests.fakeapi import fake_civitai, fake_civitai_factory, make_model  # noqa: F401
+from tests.fakeapi import make_model
 
 FAST = ["--sleep-retries", "0.01", "--sleep-429", "0.01", "--retries", "3", "--timeout", "5"]
 

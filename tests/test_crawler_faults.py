@@ -7,7 +7,7 @@ import json
 import pytest
 
 from crawler.client import CivitaiClient, RateLimiter, parse_retry_after
-from tests.fakeapi import fake_civitai, fake_civitai_factory, make_model  # noqa: F401
+from tests.fakeapi import make_model
 from tests.test_crawler_crawl import json_files, log_ids, run_crawl
 
 FAULTS = {

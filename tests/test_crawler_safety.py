@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeapi import fake_civitai, fake_civitai_factory, make_model  # noqa: F401
+from tests.fakeapi import make_model
 from tests.test_crawler_crawl import FAST, json_files, log_ids, run_crawl
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from crawler.main import cli
 from mirror.demo import SAMPLE_MODELS, sample_models, write_sample_collection
-from tests.fakeapi import fake_civitai, fake_civitai_factory  # noqa: F401
 
 
 def run(*args: str) -> str:
@@ -31,7 +30,7 @@ def rows(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_crawl_build_scan_extract_match_sort_undo(tmp_path, fake_civitai):  # noqa: F811
+def test_crawl_build_scan_extract_match_sort_undo(tmp_path, fake_civitai):
     collection = tmp_path / "collection"
     write_sample_collection(collection)
     before = manifest(collection)

@@ -275,17 +275,6 @@ def library(world, tmp_path):
     return db, tmp_path / "library.sqlite"
 
 
-def _has_extract() -> bool:
-    try:
-        from matcher.media import extract_library  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_extract = pytest.mark.skipif(not _has_extract(), reason="matcher.media.extract_library not built yet")
-
-
 def records(db) -> dict[str, dict]:
     return {Path(r["path"]).name: r for r in iter_match_records(db)}
 
@@ -352,7 +341,6 @@ def test_enrichment_audit(world, library):
 
 # ---- images -------------------------------------------------------------------------------
 
-@needs_extract
 def test_images_resolve_resources_to_versions_and_local_files(world, library):
     db, _ = library
     summary = match_library(db, world["civitai"])
@@ -388,7 +376,6 @@ def test_images_resolve_resources_to_versions_and_local_files(world, library):
     assert summary["images"] == 9
 
 
-@needs_extract
 def test_orphans_near_match_by_blurhash_with_low_confidence(world, library):
     db, _ = library
     match_library(db, world["civitai"])
@@ -441,7 +428,6 @@ def test_pin_survives_rerun_and_unpin(world, library):
         pin_file(db, world["base"] / "nowhere.safetensors", 1)
 
 
-@needs_extract
 def test_cli_match_json_pin_unpin(world, library):
     _, db_path = library
     runner = CliRunner()
@@ -470,7 +456,6 @@ def test_cli_match_json_pin_unpin(world, library):
 
 # ---- --online against the fake API --------------------------------------------------------
 
-from tests.fakeapi import fake_civitai, fake_civitai_factory  # noqa: E402,F401
 
 
 def _private_copy(world, tmp_path) -> tuple[Path, Path]:

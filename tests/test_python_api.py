@@ -68,7 +68,7 @@ def test_import_matcher_is_cheap_and_the_api_is_exported():
     for name in matcher.__all__:
         function = getattr(matcher, name)
         assert function.__module__ == "matcher.api"
-        assert "Example::" in function.__doc__ and f"from matcher import" in function.__doc__
+        assert "Example::" in function.__doc__ and "from matcher import" in function.__doc__
     with pytest.raises(AttributeError):
         matcher.not_a_function  # noqa: B018
 

@@ -22,7 +22,6 @@ from click.testing import CliRunner
 from crawler.main import COMMANDS, cli
 from mirror.demo import prepare_demo, sample_models
 from tests.conftest import REPO
-from tests.fakeapi import fake_civitai, fake_civitai_factory  # noqa: F401
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -75,7 +74,7 @@ def test_readme_has_examples_for_the_pipeline():
 
 
 @pytest.fixture
-def workdir(tmp_path, fake_civitai):  # noqa: F811
+def workdir(tmp_path, fake_civitai):
     """The demo's folder with its databases built: the world the README's examples live in."""
     root = prepare_demo(tmp_path / "w")
     derived = re.search(r"```\n(\[derived\]\n.*?)```", README, re.S)
