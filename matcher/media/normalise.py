@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import re
 from typing import Any
 
@@ -242,19 +243,22 @@ def clean_prompt(text: str | None) -> str | None:
         s = _PLAIN_RE.sub("", s)
     if "  " in s or "\t" in s:
         s = _BLANKS_RE.sub(" ", s)
-    if s.count(",") >= 2:
+    if "," in s and _COMMAS_TEST_RE.search(s):  # a run of 2+ commas needs ",<blanks>," somewhere
         s = _COMMAS_RE.sub(", ", s)
-    if "\n" in s:
+    if " \n" in s or "\n " in s:  # a bare newline is replaced by itself
         s = _NEWLINE_RE.sub("\n", s)
     return s.strip().strip(",").strip()
 
 
 _BLANKS_RE = re.compile(r"[ \t]+")
 _COMMAS_RE = re.compile(r"(\s*,\s*){2,}")
+_COMMAS_TEST_RE = re.compile(r",\s*,")
 _NEWLINE_RE = re.compile(r" *\n *")
 
 
 def _truncate(text: str) -> tuple[str, bool]:
+    if text.isascii() and len(text) <= MAX_PROMPT_BYTES:  # O(1) test; ASCII text is its own UTF-8
+        return text, False
     b = text.encode("utf-8")
     if len(b) <= MAX_PROMPT_BYTES:
         return text, False
@@ -298,15 +302,43 @@ def _canon(value: Any) -> Any:
     return value
 
 
+_SCALARS = (str, int, float, bool)
+_FIELD_VALUES = operator.itemgetter(*FIELDS)
+
+
 def _canonical_body(rec: dict[str, Any]) -> dict[str, Any]:
-    body = {k: rec[k] for k in FIELDS if rec.get(k) is not None}
-    body["loras"] = rec.get("loras") or []
-    res = [_canon(r) for r in rec.get("resources") or []]
-    res.sort(key=lambda r: (r.get("kind") or "", r.get("name") or "", r.get("hash") or "", str(r.get("version_id"))))
-    body["params"] = {k: v for k, v in (rec.get("params") or {}).items() if isinstance(v, (str, int, float, bool))}
-    body = _canon(body)
+    """What the canonical JSON holds, built in one pass (same result as ``_canon`` over the whole body)."""
+    plain = _PLAIN_TYPES
+    try:
+        values = _FIELD_VALUES(rec)  # a finalised record holds every field
+    except KeyError:
+        values = [rec.get(k) for k in FIELDS]
+    body: dict[str, Any] = {k: v if type(v) in plain else _canon(v) for k, v in zip(FIELDS, values) if v is not None}
+    get = rec.get
+    loras = get("loras")
+    body["loras"] = _canon(loras) if loras else []
+    params = get("params")
+    if params:
+        out = {k: v for k, v in params.items() if type(v) is str}  # almost always all of them
+        for k, v in (params.items() if len(out) != len(params) else ()):
+            t = type(v)
+            if t in plain:
+                out[k] = v
+            elif t is float:
+                out[k] = format(v, ".6g")
+            elif isinstance(v, _SCALARS):
+                out[k] = _canon(v)
+        body["params"] = out
+    else:
+        body["params"] = {}
+    res = [_canon(r) for r in get("resources") or []]
+    res.sort(key=_resource_key)
     body["resources"] = res
     return body
+
+
+def _resource_key(r: dict[str, Any]) -> tuple:
+    return (r.get("kind") or "", r.get("name") or "", r.get("hash") or "", str(r.get("version_id")))
 
 
 def _json_text(body: dict[str, Any]) -> str:
