@@ -45,47 +45,47 @@ _FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hires_d
                  "hires_upscale"}
 
 
+#: the rest of a JSON string after its opening quote: a backslash escapes any one character
+_STRING_REST_RE = re.compile(r'(?:[^"\\]++|\\.)*+"', re.S)
+_STRUCTURE_RE = re.compile(r'["{}\[\]]')
+#: ``Key:`` plus a plain value (one that does not start with a quote or a bracket), up to the next comma
+_TOKEN_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60}?)\s*:\s*+([^,\"{\[][^,]*)?")
+
+
 def _scan_string(s: str, i: int) -> int:
     """Index just past the JSON string starting at s[i] == '"' (or len(s) if unterminated)."""
-    j = i + 1
-    n = len(s)
-    while j < n:
-        ch = s[j]
-        if ch == "\\":
-            j += 2
-            continue
-        if ch == '"':
-            return j + 1
-        j += 1
-    return n
+    m = _STRING_REST_RE.match(s, i + 1)
+    return m.end() if m else len(s)
 
 
 def _scan_balanced(s: str, i: int) -> int:
     """Index just past the JSON object/array starting at s[i]; -1 if it never closes."""
     depth = 0
     j = i
-    n = len(s)
-    while j < n:
-        ch = s[j]
+    search = _STRUCTURE_RE.search
+    while True:
+        m = search(s, j)
+        if m is None:
+            return -1
+        ch = m.group()
+        j = m.end()
         if ch == '"':
-            j = _scan_string(s, j)
-            continue
-        if ch in "{[":
+            j = _scan_string(s, j - 1)
+        elif ch == "{" or ch == "[":
             depth += 1
-        elif ch in "}]":
+        else:
             depth -= 1
             if depth == 0:
-                return j + 1
-        j += 1
-    return -1
+                return j
 
 
 def parse_params(line: str) -> dict[str, str]:
     """``Key: value, Key: "quoted, value", Hashes: {...}`` -> ordered dict (duplicates: last wins)."""
     out: dict[str, str] = {}
     i, n = 0, len(line)
+    match = _TOKEN_RE.match
     while i < n:
-        m = _KEY_RE.match(line, i)
+        m = match(line, i)
         if not m:
             # malformed token: skip to the next comma
             j = line.find(",", i)
@@ -94,33 +94,38 @@ def parse_params(line: str) -> dict[str, str]:
             i = j + 1
             continue
         key = m.group(1).strip()
-        j = m.end()
-        if j < n and line[j] == '"':
-            end = _scan_string(line, j)
-            raw = line[j:end]
-            try:
-                value = json.loads(raw)
-                if not isinstance(value, str):
-                    value = raw
-            except ValueError:
-                value = raw.strip('"')
-            k = line.find(",", end)
-            i = n if k < 0 else k + 1
-        elif j < n and line[j] in "{[":
-            end = _scan_balanced(line, j)
-            if end < 0:
-                k = line.find(",", j)
-                end = n if k < 0 else k
-            value = line[j:end]
-            k = line.find(",", end)
-            i = n if k < 0 else k + 1
+        value = m.group(2)
+        if value is not None:  # the common case: a plain value up to the next comma
+            value = value.strip()
+            i = m.end() + 1
         else:
-            k = line.find(",", j)
-            end = n if k < 0 else k
-            value = line[j:end].strip()
-            i = end + 1
+            j = m.end()
+            ch = line[j] if j < n else ""
+            if ch == '"':
+                end = _scan_string(line, j)
+                raw = line[j:end]
+                try:
+                    value = json.loads(raw)
+                    if not isinstance(value, str):
+                        value = raw
+                except ValueError:
+                    value = raw.strip('"')
+                k = line.find(",", end)
+                i = n if k < 0 else k + 1
+            elif ch == "{" or ch == "[":
+                end = _scan_balanced(line, j)
+                if end < 0:
+                    k = line.find(",", j)
+                    end = n if k < 0 else k
+                value = line[j:end]
+                k = line.find(",", end)
+                i = n if k < 0 else k + 1
+            else:  # empty value: at a comma or at the end
+                value = ""
+                i = j + 1
         if key:
-            out.pop(key, None)  # last wins, and keeps the position of the last one
+            if key in out:
+                del out[key]  # last wins, and keeps the position of the last one
             out[key] = value
     return out
 
@@ -130,8 +135,24 @@ _NEG_LINE_RE = re.compile(r"(^|\n)\s*Negative prompt:", re.IGNORECASE)
 _CORE_KEY_RE = re.compile(r"\b(Seed|Sampler|CFG scale):")
 
 
+_DIGIT_AFTER_RE = re.compile(r"\s*\d")
+
+
+def _has_steps(text: str) -> bool:
+    """``_STEPS_RE.search(text)`` by finding the literal "Steps:" (the regex tries every position)."""
+    p = text.find("Steps:")
+    while p >= 0:
+        if _DIGIT_AFTER_RE.match(text, p + 6):
+            head = text[:p]
+            stripped = head.rstrip()  # str.rstrip and the regex agree on what is whitespace
+            if not stripped or stripped[-1] == "," or "\n" in head[len(stripped):]:
+                return True
+        p = text.find("Steps:", p + 1)
+    return False
+
+
 def looks_like_infotext(text: str) -> bool:
-    return bool(_STEPS_RE.search(text)) or bool(_NEG_LINE_RE.search(text) and _CORE_KEY_RE.search(text))
+    return _has_steps(text) or bool(_NEG_LINE_RE.search(text) and _CORE_KEY_RE.search(text))
 
 
 def split_infotext(text: str) -> tuple[str, str | None, str]:

@@ -139,15 +139,18 @@ def decode_user_comment(raw: bytes | str | None, errors: list[str] | None = None
 
 
 # ---------------------------------------------------------------- PNG
-_WANTED_CHUNKS = {b"IHDR", b"tRNS", b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"IEND"}
+_WANTED_CHUNKS = frozenset((b"IHDR", b"tRNS", b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"IEND"))
+_CHUNK_HEAD = struct.Struct(">I4s")
 
 
 def read_png(data: bytes, c: Containers) -> None:
     pos = 8
     n = len(data)
     exif_block = None
+    unpack_from = _CHUNK_HEAD.unpack_from
+    wanted = _WANTED_CHUNKS
     while pos + 8 <= n:
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        length, ctype = unpack_from(data, pos)
         body_start = pos + 8
         body_end = body_start + length
         if body_end > n:
@@ -156,7 +159,7 @@ def read_png(data: bytes, c: Containers) -> None:
                 break
             body_end = n
         pos = body_end + 4
-        if ctype not in _WANTED_CHUNKS:
+        if ctype not in wanted:
             continue  # image data: never copied
         body = data[body_start:body_end]
         if ctype == b"IHDR" and length >= 13:

@@ -1,7 +1,6 @@
 """Pick the right generator parser for what the containers hold, in the spec's source order."""
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -9,25 +8,13 @@ from .a1111 import looks_like_infotext, parse_infotext
 from .comfyui import load_graph, parse_comfy_prompt
 from .containers import Containers
 from .generators import (
-    parse_civitai_comfy, parse_easydiffusion, parse_fooocus, parse_invoke_dream, parse_invoke_metadata,
+    _json, parse_civitai_comfy, parse_easydiffusion, parse_fooocus, parse_invoke_dream, parse_invoke_metadata,
     parse_invoke_sdmeta, parse_novelai, parse_sidecar_text, parse_stability_matrix, parse_swarmui,
     parse_tensorart, parse_xmp,
 )
 from .normalise import finalise
 
 log = logging.getLogger(__name__)
-
-
-def _json(text: Any) -> Any:
-    if not isinstance(text, str):
-        return None
-    s = text.strip().strip("\x00")
-    if not s or s[0] not in "{[":
-        return None
-    try:
-        return json.loads(s)
-    except ValueError:
-        return None
 
 
 def parse_text(text: str, source: str) -> dict[str, Any] | None:
@@ -74,8 +61,11 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
     t = c.texts
     ex = c.exif
     # SwarmUI
+    params_json = None  # the parameters chunk is parsed once, here, and used again below
     for key in ("sui_image_params", "parameters"):
         d = _json(t.get(key))
+        if key == "parameters":
+            params_json = d
         if isinstance(d, dict) and "sui_image_params" in d:
             return parse_swarmui(d), f"png:{key}"
     # NovelAI (PNG text chunks)
@@ -109,7 +99,7 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
     # Fooocus / RuinedFooocus / A1111 parameters
     params = t.get("parameters")
     if params:
-        d = _json(params)
+        d = params_json
         if isinstance(d, dict):
             rec = parse_fooocus(d) or parse_easydiffusion(d)
             if rec:
