@@ -14,6 +14,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from matcher.models import sniff_magic
+
 log = logging.getLogger(__name__)
 
 #: cap on one decompressed text chunk (zTXt/iTXt) and on the stealth payload
@@ -41,28 +43,9 @@ class Containers:
 
 
 def sniff_format(head: bytes) -> str | None:
-    if head.startswith(PNG_MAGIC):
-        return "png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"avif", b"avis"):
-            return "avif"
-        if brand in (b"heic", b"heix", b"mif1", b"msf1"):
-            return "heic"
-        return "mp4"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "webm"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if head[:4] == b"\x00\x00\x00\x0cJXL " or head[:2] == b"\xff\x0a":
-        return "jxl"
-    return None
+    """The media readers' view of ``matcher.models.sniff_magic``: a QuickTime file is read as mp4."""
+    fmt = sniff_magic(head)
+    return "mp4" if fmt == "mov" else fmt
 
 
 def decode_latin1_or_utf8(raw: bytes) -> str:
