@@ -49,7 +49,9 @@ _FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hires_d
 _STRING_REST_RE = re.compile(r'(?:[^"\\]++|\\.)*+"', re.S)
 _STRUCTURE_RE = re.compile(r'["{}\[\]]')
 #: ``Key:`` plus a plain value (one that does not start with a quote or a bracket), up to the next comma
-_TOKEN_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60}?)\s*:\s*+([^,\"{\[][^,]*)?")
+#: (the key is greedy here, lazy in _KEY_RE: they differ only by trailing blanks, which are stripped)
+_TOKEN_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60})\s*:\s*+([^,\"{\[][^,]*)?")
+_CONTROL_RE = re.compile(r"[\x00-\x1f]")
 
 
 def _scan_string(s: str, i: int) -> int:
@@ -93,8 +95,8 @@ def parse_params(line: str) -> dict[str, str]:
                 break
             i = j + 1
             continue
-        key = m.group(1).strip()
-        value = m.group(2)
+        key, value = m.groups()
+        key = key.strip()
         if value is not None:  # the common case: a plain value up to the next comma
             value = value.strip()
             i = m.end() + 1
@@ -104,12 +106,16 @@ def parse_params(line: str) -> dict[str, str]:
             if ch == '"':
                 end = _scan_string(line, j)
                 raw = line[j:end]
-                try:
-                    value = json.loads(raw)
-                    if not isinstance(value, str):
-                        value = raw
-                except ValueError:
-                    value = raw.strip('"')
+                if len(raw) >= 2 and raw[-1] == '"' and "\\" not in raw:
+                    # what json.loads gives for a closed string without escapes (it refuses control characters)
+                    value = raw[1:-1] if not _CONTROL_RE.search(raw) else raw.strip('"')
+                else:
+                    try:
+                        value = json.loads(raw)
+                        if not isinstance(value, str):
+                            value = raw
+                    except ValueError:
+                        value = raw.strip('"')
                 k = line.find(",", end)
                 i = n if k < 0 else k + 1
             elif ch == "{" or ch == "[":
@@ -220,8 +226,9 @@ def parse_infotext(text: str) -> dict[str, Any]:
     rec["negative_raw"] = negative or ""
     rec["params"] = params
     apply_params(rec, params)
-    rec["generation_tool"] = detect_a1111_fork(params, text)
-    add_param_resources(rec, params)
+    lower = {k.lower(): v for k, v in params.items()}  # built once for both
+    rec["generation_tool"] = detect_a1111_fork(params, text, lower)
+    add_param_resources(rec, params, lower)
     extract_loras(rec)
     return rec
 
@@ -263,10 +270,12 @@ _LORA_N_RE = re.compile(r"lora_(\d+) model name$")
 _CONTROLNET_RE = re.compile(r"controlnet(?: (\d+))?$")
 _CN_MODEL_RE = re.compile(r"Model:\s*([^,\[]+?)\s*(?:\[([0-9a-fA-F]{8,64})\])?\s*(?:,|$)")
 _CN_WEIGHT_RE = re.compile(r"Weight:\s*([-\d.]+)")
+_RESOURCE_KEY_RE = re.compile(r"^(?:addnet model |lora_|controlnet)", re.M)
 
 
-def detect_a1111_fork(params: dict[str, str], text: str) -> str:
-    lower = {k.lower(): v for k, v in params.items()}
+def detect_a1111_fork(params: dict[str, str], text: str, lower: dict[str, str] | None = None) -> str:
+    if lower is None:
+        lower = {k.lower(): v for k, v in params.items()}
     app = str(lower.get("app", ""))
     version = str(lower.get("version", ""))
     if app == "SD.Next" or "sampler sigma" in lower and "pipeline" in lower:
@@ -290,8 +299,9 @@ def detect_a1111_fork(params: dict[str, str], text: str) -> str:
     return "AUTOMATIC1111"
 
 
-def add_param_resources(rec: dict[str, Any], params: dict[str, str]) -> None:
-    lower = {k.lower(): v for k, v in params.items()}
+def add_param_resources(rec: dict[str, Any], params: dict[str, str], lower: dict[str, str] | None = None) -> None:
+    if lower is None:
+        lower = {k.lower(): v for k, v in params.items()}
     # checkpoint
     if rec.get("model_name") or rec.get("model_hash_short"):
         add_resource(rec, "checkpoint", rec.get("model_name"), rec.get("model_hash_short"))
@@ -302,7 +312,8 @@ def add_param_resources(rec: dict[str, Any], params: dict[str, str]) -> None:
     if lower.get("hypernet"):
         add_resource(rec, "hypernetwork", lower["hypernet"], lower.get("hypernet hash"),
                      weight=to_float(lower.get("hypernet strength")))
-    for key, value in params.items():
+    # one search over the (lower-case) key names instead of a test per key: most lines have none of these
+    for key, value in (params.items() if _RESOURCE_KEY_RE.search("\n".join(lower)) else ()):
         kl = key.lower()
         if not kl.startswith(("addnet model ", "lora_", "controlnet")):
             continue  # none of the patterns below can match

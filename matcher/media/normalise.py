@@ -177,32 +177,47 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
     if not text:
         return out
     has_tag = "<" in text  # cheap tests: most prompts hold neither kind of tag
-    has_plain = "lora:" in text.lower()
+    low = text.lower()
+    # a plain ``lora:NAME:W`` needs a "lora:" that is not the inside of a "<lora:" tag
+    has_plain = low.count("lora:") > low.count("<lora:")
     if not has_tag and not has_plain:
         return out
+    tagged = []
     for m in (_TAG_RE.finditer(text) if has_tag else ()):
+        start = m.start()
+        tagged.append((start, m.end()))
+        body = m.group(2)
+        name, weights = _split_tag(body)
+        if ":" in body and not weights and body.rsplit(":", 1)[-1].strip():
+            continue  # <lora:name:abc> malformed weight
         kind = m.group(1).lower()
-        name, weights = _split_tag(m.group(2))
         w1 = to_float(weights[0]) if weights else 1.0
         w2 = to_float(weights[1]) if len(weights) > 1 else None
-        if ":" in m.group(2) and not weights and m.group(2).rsplit(":", 1)[-1].strip():
-            continue  # <lora:name:abc> malformed weight
         out.append({"kind": "hypernetwork" if kind == "hypernet" else ("lycoris" if kind in ("lyco", "locon") else "lora"),
-                    "raw_name": name, "weight": w1, "weight2": w2, "context": context, "pos": m.start()})
-    tagged = [(m.start(), m.end()) for m in _TAG_RE.finditer(text)] if has_tag else []
+                    "raw_name": name, "weight": w1, "weight2": w2, "context": context, "pos": start})
     for m in (_PLAIN_RE.finditer(text) if has_plain else ()):
         if any(a <= m.start() < b for a, b in tagged):
             continue
         out.append({"kind": "lora", "raw_name": m.group(1), "weight": to_float(m.group(2)), "weight2": None,
                     "context": context, "pos": m.start()})
-    out.sort(key=lambda d: d["pos"])
+    if len(out) > 1:
+        out.sort(key=_by_pos)
     return out
 
 
-def valid_usage(u: dict[str, Any]) -> bool:
+def _by_pos(d: dict[str, Any]) -> int:
+    return d["pos"]
+
+
+def _valid_name(u: dict[str, Any]) -> str | None:
+    """The normalised name when the usage is valid (name 2-120 chars, weight 0-4), else None."""
     name = normalise_name(u["raw_name"])
     w = u["weight"]
-    return 2 <= len(name) <= 120 and w is not None and 0.0 <= w <= 4.0
+    return name if 2 <= len(name) <= 120 and w is not None and 0.0 <= w <= 4.0 else None
+
+
+def valid_usage(u: dict[str, Any]) -> bool:
+    return _valid_name(u) is not None
 
 
 def extract_loras(rec: dict[str, Any]) -> None:
@@ -210,9 +225,9 @@ def extract_loras(rec: dict[str, Any]) -> None:
     usages = find_lora_tags(rec.get("positive_raw") or "", "positive") + \
         find_lora_tags(rec.get("negative_raw") or "", "negative")
     for u in usages:
-        if not valid_usage(u):
+        name = _valid_name(u)
+        if name is None:
             continue
-        name = normalise_name(u["raw_name"])
         if u["kind"] == "hypernetwork":
             add_resource(rec, "hypernetwork", name, None, weight=u["weight"])
             continue
@@ -266,8 +281,7 @@ def _truncate(text: str) -> tuple[str, bool]:
 
 
 def finalise(rec: dict[str, Any]) -> dict[str, Any]:
-    for k in FIELDS:
-        rec.setdefault(k, None)
+    rec.update({k: None for k in FIELDS if k not in rec})  # in FIELDS order, like setdefault
     truncated = False
     for key in ("positive_raw", "negative_raw"):
         v = rec.get(key)
