@@ -51,6 +51,19 @@ def is_link(v: Any) -> bool:
     return isinstance(v, list) and len(v) == 2 and isinstance(v[0], (str, int)) and isinstance(v[1], int)
 
 
+#: which inputs of a linked node hold the value asked for (``resolve``)
+_RESOLVE_ALIASES = {
+    "seed": ("seed", "noise_seed", "value", "int", "Value", "seed_value"),
+    "steps": ("steps", "value", "int", "Value"),
+    "cfg": ("cfg", "value", "float", "Value", "guidance"),
+    "sampler_name": ("sampler_name", "sampler", "value", "string"),
+    "scheduler": ("scheduler", "value", "string"),
+    "text": ("text", "string", "value", "prompt", "text_positive", "Text", "wildcard_text", "populated_text", "STRING"),
+    "denoise": ("denoise", "value", "float"),
+    "width": ("width", "value", "int"), "height": ("height", "value", "int"),
+}
+
+
 class Graph:
     def __init__(self, nodes: dict[str, Any]):
         self.nodes = nodes
@@ -77,15 +90,7 @@ class Graph:
         if not node:
             return None
         ins = self.inputs(node)
-        aliases = {"seed": ("seed", "noise_seed", "value", "int", "Value", "seed_value"),
-                   "steps": ("steps", "value", "int", "Value"),
-                   "cfg": ("cfg", "value", "float", "Value", "guidance"),
-                   "sampler_name": ("sampler_name", "sampler", "value", "string"),
-                   "scheduler": ("scheduler", "value", "string"),
-                   "text": ("text", "string", "value", "prompt", "text_positive", "Text", "wildcard_text",
-                            "populated_text", "STRING"),
-                   "denoise": ("denoise", "value", "float"),
-                   "width": ("width", "value", "int"), "height": ("height", "value", "int")}.get(key, (key, "value"))
+        aliases = _RESOLVE_ALIASES.get(key) or (key, "value")
         for a in aliases:
             if a in ins:
                 return self.resolve(ins[a], key, depth + 1)
@@ -113,7 +118,9 @@ class Graph:
             node = self.nodes[nid]
             out.append((nid, node))
             for k, v in self.inputs(node).items():
-                if is_link(v) and (follow is None or k in follow):
+                # is_link inlined (this loop runs for every input of every node reached)
+                if (follow is None or k in follow) and isinstance(v, list) and len(v) == 2 \
+                        and isinstance(v[0], (str, int)) and isinstance(v[1], int):
                     queue.append(v)
         return out
 
@@ -319,7 +326,7 @@ def _graph_resources(g: Graph, rec: dict[str, Any], ckpt: str | None) -> None:
     for _nid, node in g.nodes.items():
         ct = str(node.get("class_type", ""))
         ins = g.inputs(node)
-        for key, kind in _LOADER_KEYS.items():
+        for key, kind in (_LOADER_KEYS.items() if not _LOADER_KEYS.keys().isdisjoint(ins) else ()):
             v = ins.get(key)
             if isinstance(v, str) and v and v.lower() != "none":
                 weight = None
@@ -336,7 +343,7 @@ def _graph_resources(g: Graph, rec: dict[str, Any], ckpt: str | None) -> None:
                 rec["hires_upscaler"] = ins["model_name"]
         # rgthree Power Lora Loader: lora_1 = {on, lora, strength}
         for k, v in ins.items():
-            if k.lower().startswith("lora_") and isinstance(v, dict) and isinstance(v.get("lora"), str):
+            if isinstance(v, dict) and k.lower().startswith("lora_") and isinstance(v.get("lora"), str):
                 if v.get("on") is False or v["lora"].lower() == "none":
                     continue
                 w = to_float(v.get("strength"))
