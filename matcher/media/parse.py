@@ -57,6 +57,10 @@ def parse_containers(c: Containers) -> dict[str, Any] | None:
     return finalise(rec)
 
 
+_INVOKE_KEYS = (("invokeai_metadata", parse_invoke_metadata), ("sd-metadata", parse_invoke_sdmeta),
+                ("Dream", parse_invoke_dream))
+
+
 def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
     t = c.texts
     ex = c.exif
@@ -73,19 +77,12 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
         rec = parse_novelai(t.get("Comment"), t.get("Description"), t.get("Source"), t.get("Software"))
         if rec:
             return rec, "png:Comment"
-    # InvokeAI
-    if t.get("invokeai_metadata"):
-        rec = parse_invoke_metadata(t["invokeai_metadata"])
-        if rec:
-            return rec, "png:invokeai_metadata"
-    if t.get("sd-metadata"):
-        rec = parse_invoke_sdmeta(t["sd-metadata"])
-        if rec:
-            return rec, "png:sd-metadata"
-    if t.get("Dream"):
-        rec = parse_invoke_dream(t["Dream"])
-        if rec:
-            return rec, "png:Dream"
+    # InvokeAI (its three formats, newest first)
+    for key, parser in _INVOKE_KEYS:
+        if t.get(key):
+            rec = parser(t[key])
+            if rec:
+                return rec, f"png:{key}"
     # TensorArt
     if t.get("generation_data"):
         rec = parse_tensorart(t["generation_data"], t.get("prompt"))
