@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import re
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -22,6 +22,8 @@ from matcher.media.parse import parse_containers
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
+sys.path.insert(0, str(REPO / "bench"))
+from results import RESULTS, write_section  # noqa: E402  (bench/ is not a package)
 
 
 def sample_pngs() -> list[bytes]:
@@ -68,37 +70,42 @@ def median_rates(functions: dict, items, rounds: int = 3, seconds: float = 1.5) 
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
-def write_section(text: str) -> None:
-    results = REPO / "bench" / "RESULTS.md"
-    current = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    start, end = "<!-- section: extract -->", "<!-- end: extract -->"
-    block = f"{start}\n{text.strip()}\n{end}"
-    if start in current:
-        current = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, current, flags=re.S)
-    else:
-        current = current.rstrip("\n") + "\n\n" + block + "\n"
-    part = results.with_name(results.name + ".part")
-    part.write_text(current, encoding="utf-8")
-    os.replace(part, results)
+def previous_line() -> str:
+    """One line quoting the ratio this section held before this run (for the record)."""
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
+    m = re.search(r"<!-- section: extract -->(.*?)<!-- end: extract -->", text, re.S)
+    if not m:
+        return "- Previous: none recorded."
+    body = m.group(1)
+    date_m = re.search(r"## extract \(([\d-]+)", body)
+    rates = re.search(r"info`: ([\d,]+) images/s; ours: ([\d,]+) images/s; \*\*ratio ([\d.]+)\*\*", body)
+    if not rates:
+        return "- Previous: unreadable."
+    when = f" ({date_m.group(1)})" if date_m else ""
+    return f"- Previous{when}: ratio {rates.group(3)} ({rates.group(2)} vs {rates.group(1)} images/s)."
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    parser.add_argument("--note", action="append", default=[], help="an extra line for the section (repeatable)")
     args = parser.parse_args()
     items = sample_pngs()
     rates = median_rates({"base": baseline, "ours": ours}, items)
     base, mine = rates["base"], rates["ours"]
     bh = statistics.median(rate(lambda d: thumbnail_and_blurhash(d), items[:4], seconds=2.0) for _ in range(3))
-    text = (f"## extract ({date.today().isoformat()}, `python bench/bench_extract.py`, median of 3 interleaved runs)\n\n"
+    text = (f"## extract ({date.today().isoformat()}, `python bench/bench_extract.py`, median of 3 interleaved runs"
+            f" of 1.5 s each)\n\n"
             f"- {len(items)} PNGs with a `parameters` chunk (corpus), each parsed fully (containers + generator parser"
-            f" + LoRAs + resources + canonical hash).\n"
+            f" + LoRAs + resources + canonical hash), stealth off, files already in memory.\n"
             f"- bare `PIL.Image.open(...).info`: {base:,.0f} images/s; ours: {mine:,.0f} images/s;"
             f" **ratio {mine / base:.2f}** (goal ≥ 0.4).\n"
-            f"- BlurHash + 256 px WebP thumbnail: {bh:,.1f} images/s (decode of the full PNG dominates).\n")
+            f"- BlurHash + 256 px WebP thumbnail: {bh:,.1f} images/s (decode of the full PNG dominates).\n"
+            + "".join(f"- {note}\n" for note in args.note)
+            + f"{previous_line()}\n")
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("extract", text)
 
 
 if __name__ == "__main__":

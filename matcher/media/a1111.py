@@ -233,22 +233,30 @@ def parse_infotext(text: str) -> dict[str, Any]:
     return rec
 
 
+#: spelling (lower case) -> (field, how its value is read): one lookup per parameter
+_APPLY: dict[str, tuple[str, Any]] = {
+    alias: (field, to_int if field in _INT_FIELDS else to_float if field in _FLOAT_FIELDS
+            else "size" if field == "size_raw" else None)
+    for alias, field in FIELD_ALIASES.items()
+}
+
+
 def apply_params(rec: dict[str, Any], params: dict[str, str]) -> None:
+    get = _APPLY.get
     for key, value in params.items():
-        field = FIELD_ALIASES.get(key.lower())
-        if not field:
+        how = get(key.lower())
+        if how is None:
             continue
-        if field in _INT_FIELDS:
-            v = to_int(value)
-        elif field in _FLOAT_FIELDS:
-            v = to_float(value)
-        elif field == "size_raw":
-            set_size(rec, value)
-            continue
-        else:
+        field, conv = how
+        if conv is None:
             v = value.strip() if isinstance(value, str) else value
             if v == "":
                 v = None
+        elif conv == "size":
+            set_size(rec, value)
+            continue
+        else:
+            v = conv(value)
         if v is not None:
             rec[field] = v
     if rec.get("hires_upscaler") and rec.get("hires_denoising") is None and rec.get("denoising_strength") is not None:

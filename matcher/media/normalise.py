@@ -38,13 +38,16 @@ _SIZE_RE = re.compile(r"\(?\s*(\d{1,6})\s*[x×,]\s*(\d{1,6})\s*\)?")
 
 def to_int(value: Any) -> int | None:
     """Exact integers (seeds may exceed 2**53): never through float unless given as a float."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if math.isfinite(value) and value == int(value) else None
-    s = str(value).strip().strip('"')
+    if type(value) is str:  # the common case first; the same steps as below
+        s = value.strip().strip('"')
+    else:
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float):
+            return int(value) if math.isfinite(value) and value == int(value) else None
+        s = str(value).strip().strip('"')
     if _INT_RE.fullmatch(s):
         return int(s)
     if _INT_DOT_ZERO_RE.fullmatch(s):
@@ -53,9 +56,14 @@ def to_int(value: Any) -> int | None:
 
 
 def to_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
+    if type(value) is str:  # the common case first; the same steps as below
+        s = value.strip().strip('"')
+        if not _FLOAT_RE.fullmatch(s):
+            return None
+        f = float(s)
+    elif value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    elif isinstance(value, (int, float)):
         f = float(value)
     else:
         s = str(value).strip().strip('"')
