@@ -13,7 +13,6 @@ from .normalise import (
 )
 
 _NEG_RE = re.compile(r"^\s*negative prompt:\s?", re.IGNORECASE)
-_KEY_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60}?)\s*:\s*")
 _PARAM_START = re.compile(r"^\s*(steps|size|seed|sampler|cfg scale|model|model hash)\s*:", re.IGNORECASE)
 
 #: spelling as written (lower case) -> normalised field (spec §6 aliases)
@@ -49,7 +48,7 @@ _FLOAT_FIELDS = {"cfg_scale", "subseed_strength", "denoising_strength", "hires_d
 _STRING_REST_RE = re.compile(r'(?:[^"\\]++|\\.)*+"', re.S)
 _STRUCTURE_RE = re.compile(r'["{}\[\]]')
 #: ``Key:`` plus a plain value (one that does not start with a quote or a bracket), up to the next comma
-#: (the key is greedy here, lazy in _KEY_RE: they differ only by trailing blanks, which are stripped)
+#: (the key is greedy: a lazy key would differ only by trailing blanks, which are stripped)
 _TOKEN_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60})\s*:\s*+([^,\"{\[][^,]*)?")
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
 
