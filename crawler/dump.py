@@ -21,11 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import re
 import threading
 import time
-from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -181,108 +179,6 @@ class LogFile:
                 self._fd = None
 
 
-class ModelWriter:
-    """One thread that writes model files and their ``downloaded.txt`` lines, so the event loop
-    never waits for the disk (creating a file costs ~1 ms on a busy ext4).
-
-    Jobs are taken in batches: every file of a batch is put in place (``.part`` + ``os.replace``),
-    then the batch's log lines go out in one write, so a line never precedes its file. A kill
-    loses at most the queued jobs (fetched again by the next run) and can leave files without
-    their line (reported in missing.txt and fetched again) — never a line without its file.
-    Results go to :meth:`take` (called on the event loop, which owns the dump's dictionaries);
-    ``notify`` is called from the thread when new results are waiting (at most once until taken)."""
-
-    BATCH = 256
-
-    def __init__(self, dump: "Dump", notify: Callable[[], None] | None = None, maxsize: int = 64):
-        self.dump = dump
-        self.notify = notify
-        self._jobs: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._buffer: list[tuple] = []
-        self._results: deque = deque()
-        self._pending = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="dump-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, model_id: int, model: dict, host: str) -> None:
-        """Queue a model answer. Called on the event loop, jobs are handed over once per loop
-        iteration (one thread wake-up for all the answers that arrived together); outside a loop,
-        at once. Blocks only when ``maxsize`` batches wait: then the disk sets the pace."""
-        self._buffer.append((model_id, model, host))
-        if len(self._buffer) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            batch, self._buffer = self._buffer, []
-            self._jobs.put(batch)
-
-    def take(self) -> list[tuple]:
-        """Results so far: ``(model_id, host, utc, status, error)``; status is ``saved``, ``unchanged``,
-        ``kept`` or ``error`` (then ``error`` says why)."""
-        self._pending.clear()
-        out = []
-        while self._results:
-            out.append(self._results.popleft())
-        return out
-
-    def close(self) -> None:
-        """Write everything queued, then stop the thread."""
-        if self._thread.is_alive():
-            self.flush()
-            self._jobs.put(None)
-            self._thread.join()
-
-    def _run(self) -> None:
-        downloaded = self.dump._log("downloaded.txt")
-        while True:
-            first = self._jobs.get()
-            batch = [None] if first is None else list(first)
-            while len(batch) < self.BATCH and batch[-1] is not None:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                batch.extend([None] if more is None else more)
-            stop = False
-            lines: list[str] = []
-            done: list[tuple] = []
-            for job in batch:
-                if job is None:
-                    stop = True
-                    continue
-                model_id, model, host = job
-                try:
-                    status = self.dump.write_model(model_id, model)
-                except Exception as exc:  # disk full, permissions...: an error for this id, not a dead thread
-                    log.error("model %d: could not write its file: %s", model_id, exc)
-                    done.append((model_id, host, "", "error", f"write failed: {exc}"))
-                    continue
-                now = utc_now()
-                lines.append(f"{pad(model_id)}\t{host}\t{now}\n")
-                done.append((model_id, host, now, status, ""))
-            if lines:
-                try:
-                    downloaded.write_lines(lines)
-                except Exception as exc:
-                    log.error("could not append to %s: %s", downloaded.path, exc)
-                    done = [(i, h, "", "error", f"log write failed: {exc}") if st != "error" else (i, h, t, st, e)
-                            for i, h, t, st, e in done]
-            if done:
-                self._results.extend(done)
-                if self.notify is not None and not self._pending.is_set():
-                    self._pending.set()
-                    try:
-                        self.notify()
-                    except Exception:  # the loop is gone: results are still taken by close()+take()
-                        pass
-            if stop:
-                return
-
-
 def rewrite_log(path: Path, lines: Iterable[str]) -> None:
     write_atomic(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
@@ -301,7 +197,8 @@ class Dump:
         self._logs: dict[str, LogFile] = {}
         self._logs_lock = threading.Lock()
         self._blocks: dict[int, str] = {}
-        self.writer: ModelWriter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[str, list[tuple[int, str]]] = {}
 
     # -- start of a run ---------------------------------------------------------------------
 
@@ -421,38 +318,45 @@ class Dump:
         self.on_disk.add(model_id)
         return status
 
-    def start_writer(self, notify: Callable[[], None] | None = None) -> ModelWriter:
-        """Hand model writes to a :class:`ModelWriter` thread; apply its results with :meth:`take_written`."""
-        self.writer = ModelWriter(self, notify)
-        return self.writer
+    def batch_logs(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """From now on, lines for downloaded.txt, notfound.txt and crawled.txt are collected and
+        written once per event-loop iteration (one ``os.write`` per log for every record finished
+        in that iteration) instead of one write per record. A line is still only queued once its
+        file is in place; a kill can lose the queued lines, which leaves files without their line
+        (reported in missing.txt and fetched again) — never a line without its file."""
+        self._loop = loop or asyncio.get_running_loop()
 
-    def take_written(self) -> list[tuple]:
-        """Apply the writer's finished jobs to the dump's state (downloaded, errors) and return them."""
-        if self.writer is None:
-            return []
-        results = self.writer.take()
-        for model_id, host, now, status, error in results:
-            if status == "error":
-                self.mark_error(model_id, error)
-            else:
-                self.downloaded[model_id] = [host, now]
-                self._resolved(model_id)
-        return results
+    def _append(self, name: str, model_id: int, line: str) -> None:
+        if self._loop is None:
+            self._log(name).write_lines([line])
+            return
+        if not self._pending:
+            self._loop.call_soon(self.flush_logs)
+        lines = self._pending.get(name)
+        if lines is None:
+            self._pending[name] = [(model_id, line)]
+        else:
+            lines.append((model_id, line))
 
-    def stop_writer(self) -> list[tuple]:
-        """Write what is queued, stop the thread, and return the last results (see :meth:`take_written`)."""
-        if self.writer is None:
-            return []
-        self.writer.close()
-        results = self.take_written()
-        self.writer = None
-        return results
+    def flush_logs(self) -> None:
+        """Write the queued log lines (see :meth:`batch_logs`). If downloaded.txt cannot be
+        appended to, its ids become errors (their files stay and show in missing.txt)."""
+        pending, self._pending = self._pending, {}
+        for name, items in pending.items():
+            try:
+                self._log(name).write_lines([line for _, line in items])
+            except OSError as exc:
+                log.error("could not append to %s: %s", self.root / name, exc)
+                if name == "downloaded.txt":
+                    for model_id, _ in items:
+                        self.downloaded.pop(model_id, None)
+                        self.mark_error(model_id, f"log write failed: {exc}")
 
     def log_saved(self, model_id: int, host: str) -> None:
         """Append the downloaded.txt line — only once the file is in place."""
         now = utc_now()
         self.downloaded[model_id] = [host, now]
-        self._log("downloaded.txt").append(pad(model_id), host, now)
+        self._append("downloaded.txt", model_id, f"{model_id:08d}\t{host}\t{now}\n")
         self._resolved(model_id)
 
     def keep_beside(self, model_id: int, data: bytes, why: str) -> Path:
@@ -477,7 +381,7 @@ class Dump:
             return "kept"
         now = utc_now()
         self.notfound[model_id] = [hosts, now]
-        self._log("notfound.txt").append(pad(model_id), hosts, now)
+        self._append("notfound.txt", model_id, f"{model_id:08d}\t{hosts}\t{now}\n")
         self._resolved(model_id)
         return "notfound"
 
@@ -490,7 +394,7 @@ class Dump:
     def mark_crawled(self, model_id: int) -> None:
         now = utc_now()
         self.crawled[model_id] = [now]
-        self._log("crawled.txt").append(pad(model_id), now)
+        self._append("crawled.txt", model_id, f"{model_id:08d}\t{now}\n")
 
     def _resolved(self, model_id: int) -> None:
         self.errors.pop(model_id, None)
@@ -501,8 +405,9 @@ class Dump:
         return sorted(self.on_disk - set(self.downloaded))
 
     def finish(self) -> None:
-        """Rewrite errors.txt (latest failures only) and missing.txt; close the logs."""
-        self.stop_writer()
+        """Write the queued log lines, rewrite errors.txt (latest failures only) and missing.txt; close the logs."""
+        self.flush_logs()
+        self._loop = None
         for lf in self._logs.values():
             lf.close()
         self._logs.clear()

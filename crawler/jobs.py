@@ -86,7 +86,6 @@ class Crawler:
         self.image_queue: asyncio.Queue | None = None
         self.images_seen: set[int] = set()
         self.crawl_mode_ids = False
-        self._crawl_ids: set[int] = set()
         self.outcomes: dict[int, str] = {}
 
     # -- progress ---------------------------------------------------------------------------
@@ -105,40 +104,19 @@ class Crawler:
         self.stats.done += 1
 
     async def _saved(self, model_id: int, model: dict, host: str) -> None:
-        self.stats.found += 1
-        if self.dump.writer is not None:
-            # The writer thread puts the file in place and logs it; _written() finishes the record.
-            self.outcomes[model_id] = "ok"
-            self.stats.done += 1
-            if self.crawl_mode_ids:
-                self._crawl_ids.add(model_id)
-            else:
-                self._crawl_ids.discard(model_id)
-            self.dump.writer.submit(model_id, model, host)
+        try:
+            status = self.dump.save_model(model_id, model, host)
+        except OSError as exc:  # disk full, permissions, a file where a folder should be: an error for this id
+            log.error("model %d: could not write its file: %s", model_id, exc)
+            self._error(model_id, f"write failed: {exc}")
             return
-        # --images needs the outcome at once (a kept good copy is the one whose images we archive)
-        status = self.dump.save_model(model_id, model, host)
+        self.stats.found += 1
         if status == "kept":
             self.stats.kept += 1
-            model = None
+            model = None  # the kept good copy is the one whose images we archive
         self._record(model_id, "ok")
-        await self._queue_images(model_id, model)
-
-    def _written(self, results: list[tuple] | None = None) -> None:
-        """Finish the records the writer thread has put on disk (runs on the event loop)."""
-        if results is None:
-            results = self.dump.take_written()
-        for model_id, _host, _now, status, _error in results:
-            if status == "error":  # the file could not be written: take back the "found"
-                self.stats.found -= 1
-                self.stats.errors += 1
-                self.outcomes[model_id] = "error"
-                continue
-            if status == "kept":
-                self.stats.kept += 1
-            if model_id in self._crawl_ids:  # crawled.txt only once the file is in place
-                self._crawl_ids.discard(model_id)
-                self.dump.mark_crawled(model_id)
+        if self.o.images:
+            await self._queue_images(model_id, model)
 
     def _notfound(self, model_id: int, body: object = None) -> None:
         if self.dump.mark_notfound(model_id, self.hosts, body) == "kept":
@@ -286,9 +264,7 @@ class Crawler:
         o = self.o
         self.dump.load()
         self.stats.rebuilt = self.dump.rebuilt
-        if not o.images:
-            loop = asyncio.get_running_loop()
-            self.dump.start_writer(lambda: loop.call_soon_threadsafe(self._written))
+        self.dump.batch_logs(asyncio.get_running_loop())
         image_workers: list[asyncio.Task] = []
         if o.images:
             self.image_log = ImageLog(self.dump.root)
@@ -324,7 +300,6 @@ class Crawler:
             await asyncio.gather(*image_workers, return_exceptions=True)
             if self.stop.is_set():
                 self.stats.interrupted = True
-            self._written(self.dump.stop_writer())  # what is in flight is written, then logged
             self.dump.finish()
             if self.image_log is not None:
                 self.image_log.finish()
