@@ -23,6 +23,7 @@ requests succeed. The API key is sent as a Bearer header and never logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -121,6 +122,10 @@ class RateLimiter:
     @property
     def interval(self) -> float:
         return max(self.base_interval, self.penalty)
+
+    def busy(self) -> bool:
+        """Whether :meth:`acquire` may have to wait (no interval, no pause: it would return at once)."""
+        return bool(self.base_interval or self.penalty) or time.monotonic() < max(self.paused_until, self.next_slot)
 
     async def acquire(self) -> None:
         while True:
@@ -253,20 +258,24 @@ class CivitaiClient:
             reraise=True,
         )
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[Response]], result: Response) -> Response:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Response]], result: Response,
+                            failed: BaseException | None = None) -> Response:
         """Run ``attempt()`` under the retry policy; when every attempt failed, ``result`` with the
-        last failure's reason.
+        last failure's reason. ``failed``: the first attempt was already made (by the caller) and
+        raised this.
 
         The first attempt runs bare (a tenacity loop costs ~0.1 ms per request, as much as the
         request itself against a fast server); only when it fails with a retryable error do the
         remaining attempts go through tenacity, with the same stop, wait and retry rules."""
         try:
-            try:
-                return await attempt()
-            except RETRY_EXCEPTIONS as exc:
-                if self.retries == 0:
-                    raise
-                await asyncio.sleep(self._delay(exc, 1))
+            if failed is None:
+                try:
+                    return await attempt()
+                except RETRY_EXCEPTIONS as exc:
+                    failed = exc
+            if self.retries == 0:
+                raise failed
+            await asyncio.sleep(self._delay(failed, 1))
             async for state in self._retrying(done=1):
                 with state:
                     return await attempt()
@@ -299,47 +308,58 @@ class CivitaiClient:
         raise :class:`Invalid` (retried) or :class:`NotFound`."""
         assert self.session is not None, "use 'async with CivitaiClient(...)'"
         result = Response(url=url, outcome="error", host=host_of(url))
-        session = self.session
+        # The first attempt is awaited directly (no closure, no extra coroutine layer: this is the
+        # path of every request of a crawl); a retryable failure hands over to the retry policy.
+        try:
+            return await self._attempt(result, method, url, params, json, validate)
+        except RETRY_EXCEPTIONS as exc:
+            failed = exc
+        return await self._with_retries(
+            functools.partial(self._attempt, result, method, url, params, json, validate), result, failed)
 
-        async def attempt() -> Response:
-            result.attempts += 1
-            if result.attempts > 1:
-                self.stats.retries += 1
-            await self.limiter.acquire()
-            self.stats.requests += 1
-            async with session.request(method, url, params=params, json=json) as resp:
-                body = await resp.read()
-            self.stats.bytes += len(body)
-            self.stats.statuses[resp.status] += 1
-            result.status = resp.status
-            result.nbytes = len(body)
+    async def _attempt(self, result: Response, method: str, url: str, params: dict | None, json: Any,
+                       validate: Callable[[Any], Any] | None) -> Response:
+        """One attempt of :meth:`request`; raises what the retry policy retries."""
+        result.attempts += 1
+        if result.attempts > 1:
+            self.stats.retries += 1
+        limiter = self.limiter
+        if limiter.busy():
+            await limiter.acquire()
+        self.stats.requests += 1
+        async with self.session.request(method, url, params=params, json=json) as resp:
+            body = await resp.read()
+        status = resp.status
+        self.stats.bytes += len(body)
+        self.stats.statuses[status] += 1
+        result.status = status
+        result.nbytes = len(body)
+        if status in RETRY_STATUSES:
             self._check_status(resp)
-            if resp.status == 404:
-                result.outcome = "notfound"
-                result.data = _maybe_json(body)
-                self.limiter.success()
-                return result
-            if resp.status != 200:
-                result.reason = f"HTTP {resp.status}"
-                result.data = _maybe_json(body)
-                return result  # other 4xx: not retried
-            data = parse_json_body(body)
-            if validate is not None:
-                try:
-                    replaced = validate(data)
-                except NotFound:
-                    result.outcome = "notfound"
-                    result.data = data
-                    self.limiter.success()
-                    return result
-                if replaced is not None:
-                    data = replaced
-            self.limiter.success()
-            result.outcome = "ok"
-            result.data = data
+        if status == 404:
+            result.outcome = "notfound"
+            result.data = _maybe_json(body)
+            limiter.success()
             return result
-
-        return await self._with_retries(attempt, result)
+        if status != 200:
+            result.reason = f"HTTP {status}"
+            result.data = _maybe_json(body)
+            return result  # other 4xx: not retried
+        data = parse_json_body(body)
+        if validate is not None:
+            try:
+                replaced = validate(data)
+            except NotFound:
+                result.outcome = "notfound"
+                result.data = data
+                limiter.success()
+                return result
+            if replaced is not None:
+                data = replaced
+        limiter.success()
+        result.outcome = "ok"
+        result.data = data
+        return result
 
     async def get_json(self, url: str, *, params: dict | None = None, validate=None) -> Response:
         return await self.request("GET", url, params=params, validate=validate)

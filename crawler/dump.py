@@ -88,16 +88,20 @@ def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
     the first open says it is missing (no check per file)."""
     path = os.fspath(path)
     part = path + ".part"
-    try:
-        fh = open(part, "wb")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    try:  # os-level calls: a buffered file object per file costs more than the write itself
+        fd = os.open(part, flags, 0o666)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fh = open(part, "wb")
-    with fh:
-        fh.write(data)
+        fd = os.open(part, flags, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(part, path)
 
 
