@@ -87,13 +87,20 @@ class Crawler:
         self.images_seen: set[int] = set()
         self.crawl_mode_ids = False
         self.outcomes: dict[int, str] = {}
+        self._next_progress = 0.0
 
     # -- progress ---------------------------------------------------------------------------
 
-    def _progress(self) -> None:
+    PROGRESS_EVERY = 0.1  # seconds between progress callbacks (a bar redraws ~10 times a second anyway)
+
+    def _progress(self, force: bool = False) -> None:
+        """Tell ``on_progress`` how far we are: at most every PROGRESS_EVERY seconds, unless ``force``."""
         self.stats.requests = self.client.stats.requests
         if self.on_progress:
-            self.on_progress(self.stats)
+            now = time.monotonic()
+            if force or now >= self._next_progress:
+                self._next_progress = now + self.PROGRESS_EVERY
+                self.on_progress(self.stats)
 
     # -- outcomes ---------------------------------------------------------------------------
 
@@ -304,7 +311,7 @@ class Crawler:
             if self.image_log is not None:
                 self.image_log.finish()
             self.stats.missing = len(self.dump.missing())
-            self._progress()
+            self._progress(force=True)
         return self.stats
 
     async def _crawl_new(self) -> None:
