@@ -6,6 +6,7 @@ crawl never pay for importing Datasette or Pillow.
 from __future__ import annotations
 
 import importlib
+import sqlite3
 
 import click
 
@@ -48,6 +49,13 @@ class LazyGroup(click.Group):
             module_name, attr = COMMANDS[name].split(":")
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except sqlite3.DatabaseError as exc:  # e.g. --db names a file that is not SQLite
+            raise click.ClickException(
+                f"cannot use the database: {exc} (check --db, --civitai-db and --library)") from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

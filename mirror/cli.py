@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -156,6 +157,10 @@ def serve(db_path: str, library: str | None, dump_dir: str | None, host: str, po
     if not Path(db_path).exists():
         raise click.ClickException(f"no mirror database at {db_path}; run civitai-mirror build first")
     library_path = find_library(Path(db_path), library)
+    for path in (db_path, library_path):  # a bad file is a one-line error now, not a failed startup
+        if path:
+            with sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True) as conn:
+                conn.execute("PRAGMA schema_version")
     ds = make_datasette(db_path, library_path, dump_dir)
     served = db_path + (f" and {library_path}" if library_path else "")
     click.echo(f"Serving {served} at http://{host}:{port}/", nl=True)
