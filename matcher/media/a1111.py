@@ -83,8 +83,21 @@ def _scan_balanced(s: str, i: int) -> int:
 def parse_params(line: str) -> dict[str, str]:
     """``Key: value, Key: "quoted, value", Hashes: {...}`` -> ordered dict (duplicates: last wins)."""
     out: dict[str, str] = {}
-    i, n = 0, len(line)
     match = _TOKEN_RE.match
+    if '"' not in line and "{" not in line and "[" not in line:
+        # only plain values: no part of the token pattern crosses a comma, so the tokens are the
+        # comma-separated pieces (a piece that does not match is a malformed token, skipped)
+        for piece in line.split(","):
+            m = match(piece)
+            if m:
+                key, value = m.groups()
+                key = key.strip()
+                value = "" if value is None else value.strip()
+                if key in out:
+                    del out[key]
+                out[key] = value
+        return out
+    i, n = 0, len(line)
     while i < n:
         m = match(line, i)
         if not m:

@@ -9,6 +9,8 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 from .a1111 import parse_air
 from .normalise import add_lora_usage, add_resource, extract_loras, new_record, to_float, to_int
 
@@ -45,6 +47,35 @@ def load_graph(text: str | dict | None) -> dict[str, Any] | None:
         return load_graph(data["prompt"])
     nodes = {str(k): v for k, v in data.items() if isinstance(v, dict) and "class_type" in v}
     return nodes or None
+
+
+def has_graph(text: Any) -> bool:
+    """``bool(load_graph(text))`` for a text, reading the JSON with orjson where that gives the same answer.
+
+    Only whether a graph is there is asked, so a bare NaN (which orjson refuses) is read as ``[]``: a
+    complete value wherever NaN is one and invalid wherever NaN is (after a value, a digit, a sign, a
+    backslash, as a key), so the text parses exactly when json parses the original, and no node dict or
+    ``class_type`` key changes. Anything else orjson refuses (Infinity, lone surrogates, nesting deep
+    enough for json's recursion limit), a wrapped or string ``prompt``, goes through ``load_graph``.
+    """
+    if type(text) is str:
+        s = text.strip().strip("\x00")
+        if s.startswith("{") and "Infinity" not in s and s.count("{") + s.count("[") < 400:
+            try:
+                data = orjson.loads(s.replace("NaN", "[]") if "NaN" in s else s)
+            except orjson.JSONDecodeError:
+                return bool(load_graph(text))
+            if type(data) is dict:
+                inner = data.get("prompt")
+                if type(inner) is dict:
+                    data = inner
+                elif isinstance(inner, str):
+                    return bool(load_graph(text))
+                for v in data.values():
+                    if isinstance(v, dict) and "class_type" in v:
+                        return True
+                return False
+    return bool(load_graph(text))
 
 
 def is_link(v: Any) -> bool:

@@ -97,7 +97,10 @@ def hash_kind_of(h: str | None) -> str | None:
         return "AutoV3"
     if not _HEX.match(s):
         return None
-    return {8: "AutoV1", 10: "AutoV2", 12: "AutoV3", 64: "SHA256"}.get(len(s))
+    return _KIND_BY_LEN.get(len(s))
+
+
+_KIND_BY_LEN = {8: "AutoV1", 10: "AutoV2", 12: "AutoV3", 64: "SHA256"}
 
 
 def clean_hash(h: Any) -> str | None:
@@ -122,7 +125,8 @@ def normalise_name(name: str) -> str:
     """LoRA/resource name: no folders, no extension, no trailing punctuation, spaces -> underscore."""
     s = str(name).strip().replace("\\", "/")
     s = s.rsplit("/", 1)[-1]
-    s = _EXT_RE.sub("", s)
+    if "." in s:  # the extension pattern needs one
+        s = _EXT_RE.sub("", s)
     s = s.strip().rstrip(".,;:!?")
     if " " not in s and s.isprintable():  # every other whitespace character is unprintable
         return s

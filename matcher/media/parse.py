@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from .a1111 import looks_like_infotext, parse_infotext
-from .comfyui import load_graph, parse_comfy_prompt
+from .comfyui import has_graph, load_graph, parse_comfy_prompt
 from .containers import Containers
 from .generators import (
     _json, parse_civitai_comfy, parse_easydiffusion, parse_fooocus, parse_invoke_dream, parse_invoke_metadata,
@@ -103,7 +103,7 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
                 return rec, "png:parameters"
         elif looks_like_infotext(params):
             rec = parse_infotext(params)
-            if load_graph(t.get("prompt")) and rec.get("generation_tool") == "AUTOMATIC1111":
+            if has_graph(t.get("prompt")) and rec.get("generation_tool") == "AUTOMATIC1111":
                 rec["generation_tool"] = "ComfyUI"
             return rec, "png:parameters"
     # ComfyUI graph in PNG text
