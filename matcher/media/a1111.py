@@ -237,8 +237,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
     rec["positive_raw"] = positive
     rec["negative_raw"] = negative or ""
     rec["params"] = params
-    apply_params(rec, params)
-    lower = {k.lower(): v for k, v in params.items()}  # built once for both
+    lower = apply_params(rec, params)  # the lower-case keys, built once for the two calls below
     rec["generation_tool"] = detect_a1111_fork(params, text, lower)
     add_param_resources(rec, params, lower)
     extract_loras(rec)
@@ -253,10 +252,14 @@ _APPLY: dict[str, tuple[str, Any]] = {
 }
 
 
-def apply_params(rec: dict[str, Any], params: dict[str, str]) -> None:
+def apply_params(rec: dict[str, Any], params: dict[str, str]) -> dict[str, str]:
+    """Set the normalised fields from ``params``; returns the parameters by lower-case key."""
     get = _APPLY.get
+    lower: dict[str, str] = {}
     for key, value in params.items():
-        how = get(key.lower())
+        kl = key.lower()
+        lower[kl] = value
+        how = get(kl)
         if how is None:
             continue
         field, conv = how
@@ -279,6 +282,7 @@ def apply_params(rec: dict[str, Any], params: dict[str, str]) -> None:
         if m:
             rec["refiner_model"] = m.group(1)
             rec["refiner_hash"] = m.group(2)
+    return lower
 
 
 _REFINER_RE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
