@@ -204,8 +204,7 @@ def demo(directory: str, serve_after: bool, host: str, port: int) -> None:
     previous = os.getcwd()
     os.chdir(root)
     try:
-        for args in demo_steps(root, serve=serve_after, host=host, port=port):
-            args = [dreamy if a == "SHA256_OF_DREAMY_MIX" else a for a in args]
+        for args in demo_steps(dreamy, serve=serve_after, host=host, port=port):
             click.echo(click.style(f"\n$ civitai-mirror {' '.join(args)}", bold=True))
             try:
                 cli.main(args, prog_name="civitai-mirror", standalone_mode=False)

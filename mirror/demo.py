@@ -402,10 +402,12 @@ def collection_hashes(collection: str | Path) -> tuple[dict[str, dict[str, Any]]
     return hashes, sizes
 
 
-def sample_models(collection: str | Path, *, latest: bool = False) -> list[dict[str, Any]]:
+def sample_models(collection: str | Path, *, latest: bool = False,
+                  hashed: tuple[dict[str, dict[str, Any]], dict[str, int]] | None = None) -> list[dict[str, Any]]:
     """Every sample model as the API answers it. ``latest`` gives the Archived/TakenDown answers
-    for the models that are gone; otherwise their earlier, complete answers."""
-    hashes, sizes = collection_hashes(collection)
+    for the models that are gone; otherwise their earlier, complete answers. ``hashed`` is
+    ``collection_hashes(collection)`` when the caller has it already."""
+    hashes, sizes = hashed or collection_hashes(collection)
     return [sample_model(entry if latest else entry[:6] + (None,), hashes, sizes) for entry in SAMPLE_MODELS]
 
 
@@ -418,8 +420,9 @@ def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
     Gone models are written as the crawler leaves them: the good copy in ``<id>.json`` and the
     later Archived answer beside it (never clobber)."""
     dump = Path(dump)
-    earlier = sample_models(collection)
-    latest = sample_models(collection, latest=True)
+    hashed = collection_hashes(collection)  # once, for both views of the models
+    earlier = sample_models(collection, hashed=hashed)
+    latest = sample_models(collection, latest=True, hashed=hashed)
     now = "2026-11-01T00:00:00Z"
     ids = []
     for entry, good, last in zip(SAMPLE_MODELS, earlier, latest):
@@ -438,21 +441,17 @@ def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
     return ids
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 MARKER = ".civitai-mirror-demo"
 
 
-def demo_steps(directory: Path, *, serve: bool, host: str, port: int) -> list[list[str]]:
-    """The commands the demo runs, in order, as a user would type them (relative to ``directory``)."""
+def demo_steps(lookup_hash: str, *, serve: bool, host: str, port: int) -> list[list[str]]:
+    """The commands the demo runs, in order, as a user would type them in the demo folder."""
     steps = [
         ["build", "civitai-meta", "--db", "civitai.sqlite"],
         ["scan", "collection", "--db", "library.sqlite"],
         ["match", "--db", "library.sqlite", "--civitai-db", "civitai.sqlite"],
         ["sort", "--dest", "sorted", "--dry-run", "--db", "library.sqlite", "--civitai-db", "civitai.sqlite"],
-        ["lookup", "--db", "civitai.sqlite", "SHA256_OF_DREAMY_MIX"],
+        ["lookup", "--db", "civitai.sqlite", lookup_hash],
     ]
     if serve:
         steps.append(["serve", "--db", "civitai.sqlite", "--library", "library.sqlite",
