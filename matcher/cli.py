@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import click
 
+from matcher.config import config_option
+
 # ---- scan / hash / dfsn ------------------------------------------------------
 
 def _setup_logging(verbose: bool) -> None:
@@ -66,8 +68,7 @@ def _human_bytes(n: int) -> str:
 @click.option("--workers", type=click.IntRange(min=1), help="Files hashed at once (default: CPU cores).")
 @click.option("--no-extract", is_flag=True, help="Do not extract image metadata after the scan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="config.ini to read (default: $CIVITAI_MIRROR_CONFIG or ./config.ini).")
+@config_option
 @click.option("--verbose", "-v", is_flag=True, default=None, help="Log every move, skip and error.")
 def scan(directories, db_path, force_rescan, max_file_size, one_reader, workers, no_extract, as_json,
          config_path, verbose) -> None:
@@ -137,8 +138,7 @@ def scan(directories, db_path, force_rescan, max_file_size, one_reader, workers,
 @click.command(name="hash")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="config.ini to read (default: $CIVITAI_MIRROR_CONFIG or ./config.ini).")
+@config_option
 @click.option("--verbose", "-v", is_flag=True, default=None, help="Log what is read.")
 def hash_files(files, as_json, config_path, verbose) -> None:
     """Print Civitai's hashes of FILES (one read pass each), no database.
@@ -691,7 +691,7 @@ def _echo_run(summary: dict, as_json: bool) -> None:
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), help="library.sqlite (config: database_path).")
 @click.option("--civitai-db", type=click.Path(dir_okay=False),
               help="civitai.sqlite (config: civitai_database_path); sort reads the matches already stored.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@config_option
 @click.option("--save-plan", type=click.Path(dir_okay=False), help="Write the plan as JSON to this file.")
 @click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False),
               help="Apply a plan saved earlier with --save-plan instead of computing one.")
@@ -757,7 +757,7 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
 @click.command(name="undo")
 @click.argument("run_id", required=False)
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), help="library.sqlite (config: database_path).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as one JSON object.")
 def undo(run_id, db_path, config_path, as_json) -> None:
     """Move a sort run's files back (default: the latest run not yet undone).
@@ -785,7 +785,7 @@ def undo(run_id, db_path, config_path, as_json) -> None:
 
 @click.command(name="runs")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), help="library.sqlite (config: database_path).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def runs(db_path, config_path, as_json) -> None:
     """List sort runs, newest first, with how many files each moved, undid or refused.
@@ -831,7 +831,7 @@ def runs(db_path, config_path, as_json) -> None:
 @click.option("--dest", type=click.Path(file_okay=False), help="config: destination_directory.")
 @click.option("--db", "db_path", type=click.Path(dir_okay=False), help="config: database_path.")
 @click.option("--civitai-db", type=click.Path(dir_okay=False), help="config: civitai_database_path.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="config.ini to read.")
+@config_option
 def legacy(scan_dirs, extract_metadata, process_orphaned, dry_run, force_rescan, verbose, dest, db_path, civitai_db,
            config_path) -> None:
     """file_scanner.py's flags on one command: scan → extract → match → sort.
