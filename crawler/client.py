@@ -419,7 +419,6 @@ class CivitaiClient:
                     part.unlink()
                 except FileNotFoundError:
                     pass
-        return result
 
 
 def _maybe_json(body: bytes) -> Any:

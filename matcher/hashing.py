@@ -313,12 +313,4 @@ def fingerprint(path: str | os.PathLike, size: int | None = None) -> str:
     return digest.hexdigest(length=16).upper()
 
 
-def civitai_key(name: str) -> str:
-    """Civitai's spelling of a hash-type name given in any case (``autov2`` -> ``AutoV2``)."""
-    for key in ALL_KEYS:
-        if key.lower() == name.lower():
-            return key
-    raise ValueError(f"unknown hash type {name!r}")
-
-
 __all__ = ["hash_file", "FileChangedError", "HASH_KEYS", "ALL_KEYS", "EMPTY_SHA256", "fingerprint"]

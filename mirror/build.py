@@ -170,10 +170,6 @@ def _no_stat(key: str) -> None:
     return None
 
 
-def _stat(stats: Any, key: str) -> Any:
-    return stats.get(key) if isinstance(stats, dict) else None
-
-
 def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
@@ -590,12 +586,6 @@ def link_local_images(conn: sqlite3.Connection, dump: Path) -> int:
     conn.execute("UPDATE images SET local_path = NULL WHERE local_path IS NOT NULL")
     conn.executemany("UPDATE images SET local_path = ? WHERE id = ?", pairs)
     return conn.execute("SELECT count(*) FROM images WHERE local_path IS NOT NULL").fetchone()[0]
-
-
-def open_civitai(path: str | Path) -> sqlite_utils.Database:
-    db = sqlite_utils.Database(str(path))
-    apply_schema(db, CIVITAI_SCHEMA)
-    return db
 
 
 POOL_MIN_FILES = 2000  # below this, worker processes cost more than they save

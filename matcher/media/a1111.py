@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 from .normalise import (
-    add_resource, extract_loras, hash_kind_of, new_record, set_size, to_float, to_int,
+    add_resource, extract_loras, new_record, set_size, to_float, to_int,
 )
 
 _NEG_RE = re.compile(r"^\s*negative prompt:\s?", re.IGNORECASE)
@@ -414,7 +414,5 @@ def add_civitai_resources(rec: dict[str, Any], items: list) -> None:
             vid = vid or air["version_id"]
             kind = air["kind"] if not item.get("type") else kind
         name = item.get("modelName") or item.get("name")
-        if item.get("modelVersionName") and name:
-            name = f"{name} {item['modelVersionName']}" if False else name
         add_resource(rec, kind, name, item.get("hash"), weight=to_float(item.get("weight", item.get("strength"))),
                      version_id=vid, source="civitai")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import re
 import struct
 import zlib
 from dataclasses import dataclass, field

@@ -394,11 +394,7 @@ def _canonical_bytes(body: dict[str, Any]) -> bytes:
 
 def canonical_json(rec: dict[str, Any]) -> str:
     """Non-null scalars, floats as {:.6g}, sorted keys, compact separators, UTF-8."""
-    body = _canonical_body(rec)
-    try:
-        return orjson.dumps(body, default=_not_plain, option=_ORJSON_OPTIONS).decode("utf-8")
-    except TypeError:
-        return _json_text(body)
+    return _canonical_bytes(_canonical_body(rec)).decode("utf-8")
 
 
 def metadata_hash(rec: dict[str, Any]) -> str:
