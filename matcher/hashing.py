@@ -16,17 +16,29 @@ Definitions (see ../shared/reference/civitai-api.md §2; every hex string upper-
 
 One reader feeds every hasher; on large inputs each hasher runs in its own thread (hashlib, zlib
 and blake3 release the GIL), so the pass costs about as much as its slowest hash, not their sum.
+Files of ``MAPPED_MIN_SIZE`` or more skip even the copy into our buffers: a helper process maps the
+file and its hasher threads read the page cache directly, in step, chunk by chunk (still one pass
+over the disk). It is a separate process because a file truncated under a memory map raises SIGBUS,
+which would kill a scan; here it kills only the helper, and the file is reported as changed.
 
 ``fingerprint`` is a cheap sampled identity (size + head/middle/tail) used to recognise a moved
 file without hashing it; it is not a Civitai hash.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import json
+import logging
+import mmap
 import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import zlib
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import blake3
@@ -54,6 +66,12 @@ THREADED_CHUNK_SIZE = 8 << 20
 _BUFFERS = 4
 #: Inputs up to this size are hashed in the calling thread (threads cost more than they save).
 THREADED_MIN_SIZE = 8 << 20
+#: Inputs of this size or more are hashed from a memory map in a helper process (no copy).
+MAPPED_MIN_SIZE = 64 << 20
+#: how far the mapped hashers may run apart (they wait for each other after every chunk)
+MAPPED_CHUNK_SIZE = 16 << 20
+
+log = logging.getLogger(__name__)
 
 # `want` names -> the hashers they need.
 _NEEDS = {
@@ -84,6 +102,16 @@ class _Crc32:
 
     def update(self, data: Any) -> None:
         self.value = _crc32(data, self.value)
+
+
+def _new_hasher(kind: str) -> Any:
+    return {"sha256": hashlib.sha256, "blake3": blake3.blake3, "crc32": _Crc32}[kind]()
+
+
+def _digest(kind: str, hasher: Any) -> str:
+    if kind == "crc32":  # Civitai prints the CRC's bytes little-endian
+        return hasher.value.to_bytes(4, "little").hex().upper()
+    return hasher.hexdigest().upper()
 
 
 class _Tail:
@@ -172,6 +200,7 @@ def hash_file(
     progress: Callable[[int], None] | None = None,
     chunk_size: int | None = None,
     threaded: bool | None = None,
+    mapped: bool | None = None,
 ) -> dict[str, Any]:
     """Hash ``path`` (from byte ``offset``, as if that were the start of the file) in one read pass.
 
@@ -179,6 +208,8 @@ def hash_file(
     hex or ``None`` when not requested / not defined), plus ``size`` (bytes hashed), ``header_length``
     (the u64 at the start) and ``error`` (why AutoV3 is ``None``, or ``None``). ``want`` limits the
     work to some hash types (``{"SHA256"}`` for media). ``progress(n)`` is called with each chunk's size.
+    ``mapped`` forces (True) or forbids (False) hashing from a memory map in a helper process; by
+    default files of ``MAPPED_MIN_SIZE`` or more use it. ``threaded=False`` hashes in this thread only.
     Raises ``FileChangedError`` when the file shrinks or grows while it is read.
     """
     needed = _normalise_want(want)
@@ -191,105 +222,281 @@ def hash_file(
         handle.seek(offset)
         head = handle.read(8) if size else b""
 
-        updaters: list[Any] = []
-        sha = v3 = crc = b3 = None
+        # (name, hasher kind, first byte it hashes) for every hash this call computes
+        jobs: list[tuple[str, str, int]] = []
         if "sha256" in needed:
-            sha = hashlib.sha256()
-            updaters.append(sha)
+            jobs.append(("sha256", "sha256", 0))
         if "autov3" in needed:
             if len(head) < 8:
                 result["error"] = f"too short for a safetensors header ({size} bytes)"
             else:
                 n = int.from_bytes(head, "little")
                 if n >= AUTOV3_HEADER_LIMIT:
-                    v3 = hashlib.sha256()
-                    updaters.append(_Tail(v3, 8))
+                    jobs.append(("autov3", "sha256", 8))
                 elif 8 + n > size:
                     result["error"] = f"safetensors header length {n} exceeds file size {size}"
                 else:
-                    v3 = hashlib.sha256()
-                    updaters.append(_Tail(v3, 8 + n))
+                    jobs.append(("autov3", "sha256", 8 + n))
         if "blake3" in needed:
-            b3 = blake3.blake3()
-            updaters.append(b3)
+            jobs.append(("blake3", "blake3", 0))
         if "crc32" in needed:
-            crc = _Crc32()
-            updaters.append(crc)
+            jobs.append(("crc32", "crc32", 0))
         if len(head) >= 8:
             result["header_length"] = int.from_bytes(head, "little")
-
-        autov1_parts: list[bytes] = []
-        read_total = 0
-        if threaded is None:
-            threaded = size >= THREADED_MIN_SIZE and len(updaters) > 1
-        if chunk_size is None:
-            chunk_size = THREADED_CHUNK_SIZE if threaded else CHUNK_SIZE
         want_autov1 = "autov1" in needed
-        pipeline = _Pipeline(updaters, chunk_size, _BUFFERS) if updaters and threaded else None
-        try:
-            position = 0
-            pending_head = head
-            while True:
-                if pipeline is not None:
-                    buffer = pipeline.take()
-                    view = memoryview(buffer)
-                else:
-                    if position == 0:  # no bigger than the file: small files are the common case
-                        buffer = bytearray(max(16, min(chunk_size, size)))
-                    view = memoryview(buffer)
-                k = len(pending_head)
-                if k:
-                    view[:k] = pending_head
-                    pending_head = b""
-                got = handle.readinto(view[k:]) or 0
-                count = k + got
-                if not count:
-                    if pipeline is not None:
-                        pipeline.free.put(buffer)
-                    break
-                read_total += count
-                if want_autov1:
-                    lo = max(AUTOV1_OFFSET, position)
-                    hi = min(AUTOV1_OFFSET + AUTOV1_LENGTH, position + count)
-                    if lo < hi:
-                        autov1_parts.append(bytes(view[lo - position:hi - position]))
-                if pipeline is not None:
-                    pipeline.feed(buffer, count)
-                else:
-                    chunk = view[:count]
-                    for updater in updaters:
-                        updater.update(chunk)
-                if progress is not None:
-                    progress(count)
-                position += count
-                if not updaters and (not want_autov1 or position >= AUTOV1_OFFSET + AUTOV1_LENGTH):
-                    break
-        finally:
-            if pipeline is not None:
-                pipeline.close()
-        if want_autov1 and not updaters:
-            # Only AutoV1 asked for: no need to have read the whole file.
-            handle.seek(offset + AUTOV1_OFFSET)
-            autov1_parts = [handle.read(AUTOV1_LENGTH)] if size > AUTOV1_OFFSET else []
-            read_total = size
-    if read_total != size:
-        raise FileChangedError(f"{path} changed size while it was read ({size} -> {read_total} bytes)")
+
+        if mapped is None:
+            mapped = size >= MAPPED_MIN_SIZE and threaded is not False and bool(jobs)
+        digests = _hash_mapped(path, offset, size, jobs, progress) if mapped and jobs else None
+        if digests is not None:
+            autov1_parts = [os.pread(handle.fileno(), AUTOV1_LENGTH, offset + AUTOV1_OFFSET)] if want_autov1 else []
+        else:
+            digests, autov1_parts = _hash_read(handle, head, size, offset, jobs, want_autov1, progress,
+                                               chunk_size, threaded)
     result["size"] = size
-    if sha is not None:
-        result["SHA256"] = sha.hexdigest().upper()
+    if "sha256" in digests:
+        result["SHA256"] = digests["sha256"]
         result["AutoV2"] = result["SHA256"][:10]
-    if v3 is not None:
-        result["AutoV3_full"] = v3.hexdigest().upper()
+    if "autov3" in digests:
+        result["AutoV3_full"] = digests["autov3"]
         result["AutoV3"] = result["AutoV3_full"][:12]
-    if crc is not None:
-        result["CRC32"] = crc.value.to_bytes(4, "little").hex().upper()
-    if b3 is not None:
-        result["BLAKE3"] = b3.hexdigest().upper()
+    result["CRC32"] = digests.get("crc32")
+    result["BLAKE3"] = digests.get("blake3")
     if want_autov1:
         a1111 = hashlib.sha256(b"".join(autov1_parts)).hexdigest()[:8].upper()
         result["AutoV1_A1111"] = a1111
         result["AutoV1"] = a1111 if size >= AUTOV1_MIN_SIZE else None
     return result
+
+
+def _hash_read(handle: Any, head: bytes, size: int, offset: int, jobs: list[tuple[str, str, int]],
+               want_autov1: bool, progress: Callable[[int], None] | None, chunk_size: int | None,
+               threaded: bool | None) -> tuple[dict[str, str], list[bytes]]:
+    """The copying reader: ``readinto`` reused buffers, hashers fed in this thread or in threads."""
+    hashers = {name: _new_hasher(kind) for name, kind, _ in jobs}
+    updaters = [hashers[name] if start == 0 else _Tail(hashers[name], start) for name, _, start in jobs]
+    autov1_parts: list[bytes] = []
+    read_total = 0
+    if threaded is None:
+        threaded = size >= THREADED_MIN_SIZE and len(updaters) > 1
+    if chunk_size is None:
+        chunk_size = THREADED_CHUNK_SIZE if threaded else CHUNK_SIZE
+    pipeline = _Pipeline(updaters, chunk_size, _BUFFERS) if updaters and threaded else None
+    try:
+        position = 0
+        pending_head = head
+        while True:
+            if pipeline is not None:
+                buffer = pipeline.take()
+                view = memoryview(buffer)
+            else:
+                if position == 0:  # no bigger than the file: small files are the common case
+                    buffer = bytearray(max(16, min(chunk_size, size)))
+                view = memoryview(buffer)
+            k = len(pending_head)
+            if k:
+                view[:k] = pending_head
+                pending_head = b""
+            got = handle.readinto(view[k:]) or 0
+            count = k + got
+            if not count:
+                if pipeline is not None:
+                    pipeline.free.put(buffer)
+                break
+            read_total += count
+            if want_autov1:
+                lo = max(AUTOV1_OFFSET, position)
+                hi = min(AUTOV1_OFFSET + AUTOV1_LENGTH, position + count)
+                if lo < hi:
+                    autov1_parts.append(bytes(view[lo - position:hi - position]))
+            if pipeline is not None:
+                pipeline.feed(buffer, count)
+            else:
+                chunk = view[:count]
+                for updater in updaters:
+                    updater.update(chunk)
+            if progress is not None:
+                progress(count)
+            position += count
+            if not updaters and (not want_autov1 or position >= AUTOV1_OFFSET + AUTOV1_LENGTH):
+                break
+    finally:
+        if pipeline is not None:
+            pipeline.close()
+    if want_autov1 and not updaters:
+        # Only AutoV1 asked for: no need to have read the whole file.
+        handle.seek(offset + AUTOV1_OFFSET)
+        autov1_parts = [handle.read(AUTOV1_LENGTH)] if size > AUTOV1_OFFSET else []
+        read_total = size
+    if read_total != size:
+        raise FileChangedError(f"{handle.name} changed size while it was read ({size} -> {read_total} bytes)")
+    return {name: _digest(kind, hashers[name]) for name, kind, _ in jobs}, autov1_parts
+
+
+# --- Large files: hashed from a memory map, in a helper process --------------------------------------
+#
+# Protocol on the helper's stdin/stdout, one line per message:
+#   request  {"path": str, "offset": int, "size": int, "jobs": [[name, kind, start], ...]}
+#   replies  "P <bytes>" after every chunk, then "R <json {name: hex}>" or "E <changed|error> <message>"
+
+
+def _mapped_digests(path: str, offset: int, size: int, jobs: list, report: Callable[[int], None]) -> dict[str, str]:
+    """The helper's side: every job hashes its range of the mapped file; the threads keep in step."""
+    with open(path, "rb", buffering=0) as handle:
+        if os.fstat(handle.fileno()).st_size != offset + size:
+            raise FileChangedError(f"{path} changed size before it was hashed")
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        if hasattr(mapping, "madvise"):
+            mapping.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mapping)
+        end = offset + size
+        steps = [(lo, min(end, lo + MAPPED_CHUNK_SIZE)) for lo in range(offset, end, MAPPED_CHUNK_SIZE)]
+        hashers = [(name, kind, _new_hasher(kind), offset + start) for name, kind, start in jobs]
+        done = iter(steps)
+
+        def step_done() -> None:
+            lo, hi = next(done)
+            report(hi - lo)
+
+        barrier = threading.Barrier(len(hashers), action=step_done) if len(hashers) > 1 else None
+        failures: list[BaseException] = []
+
+        def run(hasher: Any, first: int) -> None:
+            try:
+                for lo, hi in steps:
+                    lo = max(lo, first)
+                    if lo < hi:
+                        hasher.update(view[lo:hi])
+                    if barrier is not None:
+                        barrier.wait()
+                    else:
+                        step_done()
+            except threading.BrokenBarrierError:
+                pass
+            except BaseException as exc:  # pragma: no cover - hashers do not fail
+                failures.append(exc)
+                if barrier is not None:
+                    barrier.abort()
+
+        threads = [threading.Thread(target=run, args=(h, first), name="mapped-hash") for _, _, h, first in hashers[1:]]
+        for thread in threads:
+            thread.start()
+        run(hashers[0][2], hashers[0][3])
+        for thread in threads:
+            thread.join()
+        view.release()
+        if failures:
+            raise failures[0]
+        with open(path, "rb", buffering=0) as handle:
+            if os.fstat(handle.fileno()).st_size != offset + size:
+                raise FileChangedError(f"{path} changed size while it was read")
+        return {name: _digest(kind, hasher) for name, kind, hasher, _ in hashers}
+    finally:
+        mapping.close()
+
+
+def _serve_mapped() -> None:
+    """The helper process's loop: one request per stdin line, until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    out = sys.stdout.buffer
+
+    def send(line: str) -> None:
+        out.write(line.encode() + b"\n")
+        out.flush()
+
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        try:
+            digests = _mapped_digests(request["path"], request["offset"], request["size"],
+                                      request["jobs"], lambda n: send(f"P {n}"))
+        except FileChangedError as exc:
+            send(f"E changed {exc}")
+        except Exception as exc:
+            send(f"E error {exc}")
+        else:
+            send("R " + json.dumps(digests))
+
+
+class _MappedHelper:
+    """One helper process (``python -c "...hashing._serve_mapped()"``), reused for many files."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)  # so the helper imports this same package
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from matcher.hashing import _serve_mapped; _serve_mapped()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+
+    def hash(self, path: str, offset: int, size: int, jobs: list, progress: Callable[[int], None] | None) -> dict:
+        request = {"path": path, "offset": offset, "size": size, "jobs": jobs}
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except OSError:
+            pass  # it is gone: the read below says how
+        for line in self.process.stdout:
+            tag, _, rest = line.rstrip(b"\n").partition(b" ")
+            if tag == b"P":
+                if progress is not None:
+                    progress(int(rest))
+            elif tag == b"R":
+                return json.loads(rest)
+            else:
+                why, _, message = rest.decode(errors="replace").partition(" ")
+                raise (FileChangedError if why == "changed" else OSError)(message)
+        code = self.process.wait()
+        if code == -getattr(signal, "SIGBUS", 7):
+            raise FileChangedError(f"{path} changed while it was read (it shrank under the memory map)")
+        raise OSError(f"the hash helper for {path} stopped (exit status {code})")
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.close()
+            self.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):  # pragma: no cover
+            self.process.kill()
+
+
+_idle_helpers: list[_MappedHelper] = []
+_helpers_lock = threading.Lock()
+_helpers_broken = False
+
+
+def _hash_mapped(path: str | os.PathLike, offset: int, size: int, jobs: list,
+                 progress: Callable[[int], None] | None) -> dict[str, str] | None:
+    """Digests from a helper process, or ``None`` when no helper can run here (the caller reads)."""
+    global _helpers_broken
+    if _helpers_broken:
+        return None
+    with _helpers_lock:
+        helper = _idle_helpers.pop() if _idle_helpers else None
+    if helper is None:
+        try:
+            helper = _MappedHelper()
+        except OSError as exc:  # pragma: no cover - no subprocesses on this platform
+            log.warning("hashing large files without a helper process: %s", exc)
+            _helpers_broken = True
+            return None
+    try:
+        digests = helper.hash(os.fspath(path), offset, size, [list(job) for job in jobs], progress)
+    except BaseException:
+        if helper.process.poll() is None:  # an answered error: the helper is fine
+            with _helpers_lock:
+                _idle_helpers.append(helper)
+        raise
+    with _helpers_lock:
+        _idle_helpers.append(helper)
+    return digests
+
+
+@atexit.register
+def _close_helpers() -> None:
+    with _helpers_lock:
+        helpers, _idle_helpers[:] = list(_idle_helpers), []
+    for helper in helpers:
+        helper.close()
 
 
 FINGERPRINT_SAMPLE = 64 * 1024

@@ -196,3 +196,65 @@ def test_hash_command_human_output_and_missing_file(tmp_path):
     assert "B94D27B9934D3E08A52E52D7DA7DABFAC484EFE37A5380EE9088F7ACE2EFCDE9" in result.output
     result = CliRunner().invoke(cli, ["hash", str(tmp_path / "nope.bin")])
     assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+# --- large files: hashed from a memory map in a helper process -----------------------------------
+
+
+@pytest.mark.parametrize("want", [None, {"SHA256", "AutoV3"}, {"SHA256"}, {"CRC32", "AutoV1"}])
+def test_mapped_helper_gives_the_same_hashes(tmp_path, want):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors_bytes(header_len=300, data=os.urandom(3 * MiB + 11)))
+    seen = []
+    mapped = hash_file(path, want=want, mapped=True, progress=seen.append)
+    assert mapped == hash_file(path, want=want, mapped=False)
+    assert sum(seen) == path.stat().st_size
+    if want is None:
+        assert mapped == check(path, mapped=True)
+
+
+def test_mapped_helper_with_offset_and_huge_header(tmp_path):
+    body = safetensors_bytes(header_len=16 * MiB, data=os.urandom(1000))
+    path = tmp_path / "wrapped.bin"
+    path.write_bytes(b"Y" * 4097 + body)
+    got = hash_file(path, offset=4097, mapped=True)
+    want = reference(body)
+    assert {k: got[k] for k in want} == want
+
+
+def test_mapped_helper_survives_a_file_truncated_under_it(tmp_path):
+    """A file cut short while mapped raises SIGBUS: it must kill only the helper, never the scan."""
+    from matcher.hashing import FileChangedError
+
+    path = tmp_path / "shrinking.safetensors"
+    with open(path, "wb") as handle:  # 1 GiB, sparse: hashing it all would take seconds
+        handle.write(safetensors_bytes(header_len=100, data=b"x" * 64))
+        handle.truncate(1 << 30)
+
+    def cut_short(n):
+        os.truncate(path, 4096)
+
+    with pytest.raises(FileChangedError):
+        hash_file(path, want={"SHA256"}, mapped=True, progress=cut_short)
+    other = tmp_path / "fine.bin"
+    other.write_bytes(os.urandom(2 * MiB))
+    assert hash_file(other, mapped=True) == hash_file(other, mapped=False)  # a new helper took over
+
+
+def test_large_files_go_through_the_helper_in_a_scan(tmp_path, monkeypatch):
+    import matcher.hashing as hashing
+
+    lora = tmp_path / "big.safetensors"
+    lora.write_bytes(safetensors_bytes(header_len=200, data=os.urandom(2 * MiB),
+                                       metadata={"ss_network_module": "networks.lora"}))
+    calls = []
+    real = hashing._hash_mapped
+    monkeypatch.setattr(hashing, "MAPPED_MIN_SIZE", MiB)
+    monkeypatch.setattr(hashing, "_hash_mapped", lambda *a: calls.append(a[0]) or real(*a))
+    result = CliRunner().invoke(cli, ["hash", str(lora), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    want = reference(lora.read_bytes())
+    assert {k: got[k] for k in ("SHA256", "AutoV1", "AutoV3", "CRC32", "BLAKE3")} == \
+        {k: want[k] for k in ("SHA256", "AutoV1", "AutoV3", "CRC32", "BLAKE3")}
+    assert [Path(p).name for p in calls] == ["big.safetensors"]
