@@ -103,7 +103,8 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
                 return rec, "png:parameters"
         elif looks_like_infotext(params):
             rec = parse_infotext(params)
-            if has_graph(t.get("prompt")) and rec.get("generation_tool") == "AUTOMATIC1111":
+            # the graph only matters when the infotext names no other tool (has_graph is pure: asked last)
+            if rec.get("generation_tool") == "AUTOMATIC1111" and has_graph(t.get("prompt")):
                 rec["generation_tool"] = "ComfyUI"
             return rec, "png:parameters"
     # ComfyUI graph in PNG text
