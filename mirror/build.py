@@ -592,13 +592,31 @@ POOL_MIN_FILES = 2000  # below this, worker processes cost more than they save
 TASK_FILES = 250
 
 
+def _open_load_db(path: Path) -> sqlite_utils.Database:
+    """A new database file to bulk-load into: no journal, no fsync, no secondary indexes yet."""
+    db = sqlite_utils.Database(str(path))
+    conn = db.conn
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("PRAGMA cache_size=-262144")  # 256 MiB
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # Secondary indexes are built once after the load (one sort each instead of a random
+    # B-tree insert per row). Cheap because the JSON columns come last in every table: the
+    # index build reads each row's leading columns, never the JSON's overflow pages.
+    apply_schema(db, _LOAD_SCHEMA)
+    return db
+
+
 def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
                  progress: Callable[[int, int], None] | None = None,
                  workers: int | None = None) -> BuildSummary:
     """Read the dump into civitai.sqlite; returns counts. ``progress(done, total)`` per file.
 
-    ``workers``: processes that read, parse and derive while this one writes (None: one per core
-    when there are at least ``POOL_MIN_FILES`` files to read; 0: everything in this process).
+    ``workers``: for a fresh (or ``full``) build, extra processes that each load a slice of the
+    dump into their own temporary database while this one loads the first slice; the slices are
+    then merged in SQL (None: one per further core when there are at least ``POOL_MIN_FILES``
+    files; 0: everything in this process). Incremental builds always run in this process.
     """
     dump = Path(dump)
     db_path = Path(db_path)
@@ -609,24 +627,16 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     target = db_path.with_name(db_path.name + ".tmp") if fresh else db_path
     if fresh and target.exists():
         target.unlink()  # our own leftover from an interrupted build
-    db = sqlite_utils.Database(str(target))
-    conn = db.conn
     if fresh:  # a temp file swapped in at the end: a crash leaves the old database untouched
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        conn.execute("PRAGMA cache_size=-262144")  # 256 MiB
-        conn.execute("PRAGMA temp_store=MEMORY")
-        # Secondary indexes are built once after the load (one sort each instead of a random
-        # B-tree insert per row). Cheap because the JSON columns come last in every table: the
-        # index build reads each row's leading columns, never the JSON's overflow pages.
-        apply_schema(db, _LOAD_SCHEMA)
+        db = _open_load_db(target)
     else:
+        db = sqlite_utils.Database(str(target))
         apply_schema(db, CIVITAI_SCHEMA)
+    conn = db.conn
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small dicts, no cycles: the collector only burns time here
     try:
-        _run_build(conn, dump, summary, fresh, progress, workers)
+        _run_build(conn, dump, summary, fresh, progress, workers, target)
         if fresh:
             apply_schema(db, CIVITAI_SCHEMA)  # the secondary indexes
             conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
@@ -664,19 +674,8 @@ class _TaskResult:
     derived: dict[int, ModelRows | None]  # models seen in this task (None: nothing usable)
 
 
-_SKIP_DERIVE: Any = frozenset()  # models the worker need not derive (re-derived from the db later)
-
-
-def _init_worker(skip: Any) -> None:
-    global _SKIP_DERIVE
-    _SKIP_DERIVE = skip
-    gc.disable()
-
-
-def _read_task(dump: str, items: list[tuple[str, int, int, float]],
-               skip: Any = None) -> _TaskResult:
+def _read_task(dump: str, items: list[tuple[str, int, int, float]], skip: Any) -> _TaskResult:
     """Read, parse and derive one group of dump files (a model's files are never split)."""
-    skip = _SKIP_DERIVE if skip is None else skip
     out = _TaskResult([], [], [], [], 0, {})
     pending: dict[int, list[Snapshot]] = {}
     for rel, size, mtime_ns, mtime in items:
@@ -722,8 +721,189 @@ def _tasks(todo: list[tuple[str, os.stat_result]], size: int) -> Iterator[list[t
         yield task
 
 
+def _split(todo: list, parts: int) -> list[list]:
+    """``todo`` in ``parts`` contiguous slices of about equal size, cut only between model ids."""
+    out, start = [], 0
+    for k in range(1, parts):
+        cut = max(start, len(todo) * k // parts)
+        while 0 < cut < len(todo) and (os.path.basename(todo[cut][0]).split(".", 1)[0]
+                                       == os.path.basename(todo[cut - 1][0]).split(".", 1)[0]):
+            cut += 1
+        out.append(todo[start:cut])
+        start = cut
+    out.append(todo[start:])
+    return out
+
+
+def _load_files(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildSummary,
+                fresh: bool, skip: frozenset, deferred: set[int],
+                progress: Callable[[int], None] | None) -> None:
+    """Read, derive and write ``todo`` in this process; models seen in several groups (list
+    pages) and those in ``deferred`` are derived last, from all their snapshots in the db."""
+    writer = _Writer(conn, summary, fresh)
+    seen_this_build: set[int] = set()
+    done = 0
+    for task in _tasks(todo, TASK_FILES):
+        result = _read_task(str(dump), task, skip)
+        for rel, error in result.errors:
+            summary.errors.append((rel, error))
+            log.warning("%s: %s (skipped)", dump / rel, error)
+        for rel, why in result.skips:
+            log.info("%s: %s (skipped)", rel, why)
+        summary.files_read += result.files_read
+        summary.skipped += len(result.skips)
+        writer.insert_snapshots(result.snapshots)
+        conn.executemany(_SQL["_sources"], result.sources)
+        now_ids, now_rows = [], []
+        for model_id, rows in result.derived.items():
+            if model_id in skip or model_id in seen_this_build or model_id in deferred:
+                deferred.add(model_id)  # also in another group (list pages): derive from the db
+                continue
+            now_ids.append(model_id)
+            if rows is not None:
+                now_rows.append(rows)
+        seen_this_build.update(result.derived)
+        writer.write_models(now_ids, now_rows, clean=False)
+        conn.commit()
+        done += len(task)
+        if progress:
+            progress(done)
+    _rederive(writer, sorted(deferred))
+
+
+def _rederive(writer: _Writer, ids: list[int]) -> None:
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        loaded = writer.load_snapshots(part)
+        rows = [r for r in (derive_model(mid, loaded.get(mid, [])) for mid in part)
+                if r is not None]
+        writer.write_models(part, rows, clean=True)
+        writer.conn.commit()
+
+
+def _load_part(dump: Path, todo: list, path: Path, counter: Any, pipe: Any) -> None:
+    """Child process: load one slice of a fresh build into its own database file at ``path``."""
+    try:
+        summary = BuildSummary()
+        db = _open_load_db(path)
+
+        def progress(done: int) -> None:
+            counter.value = done
+
+        _load_files(db.conn, dump, todo, summary, True, frozenset(), set(), progress)
+        db.close()
+        pipe.send(("ok", summary))
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        pipe.close()
+
+
+# Merging a slice database into the main one: plain SQL, no Python per row. Order and conflict
+# rules are the serial build's (slices hold consecutive files, merged in order).
+_MERGE_TABLES = ("models", "model_versions", "model_files", "images", "file_hashes",
+                 "archived_model_files", "_sources")
+
+
+def _merge_part(writer: _Writer, path: Path, summary: BuildSummary) -> list[int]:
+    """Copy one slice into the main database; returns the models both already held."""
+    conn = writer.conn
+    conn.execute("ATTACH DATABASE ? AS part", (str(path),))
+    try:
+        # models both sides saw (a list page in one slice, the model's own file in another)
+        both = [r[0] for r in conn.execute(
+            "SELECT DISTINCT model_id FROM part.model_snapshots "
+            "WHERE model_id IN (SELECT model_id FROM main.model_snapshots)")]
+        before = conn.total_changes
+        cols = ", ".join(f'"{c}"' for c in _COLS["model_snapshots"])
+        conn.execute(f"INSERT OR IGNORE INTO main.model_snapshots ({cols}) "
+                     f"SELECT {cols} FROM part.model_snapshots ORDER BY rowid")
+        summary.snapshots_new += conn.total_changes - before
+        for table in _MERGE_TABLES:
+            cols = ", ".join(f'"{c}"' for c in _COLS[table])
+            conn.execute(f'INSERT OR REPLACE INTO main."{table}" ({cols}) '
+                         f'SELECT {cols} FROM part."{table}"')
+        # tags: the slice's ids are its own; new names get the next ids in the slice's order
+        for tid, name in conn.execute("SELECT id, name FROM part.tags ORDER BY id").fetchall():
+            if name not in writer.tag_ids:
+                writer.tag_ids[name] = writer.next_tag
+                conn.execute("INSERT INTO main.tags (id, name) VALUES (?, ?)",
+                             (writer.next_tag, name))
+                writer.next_tag += 1
+        conn.execute("INSERT OR IGNORE INTO main.models_tags (models_id, tags_id) "
+                     "SELECT pt.models_id, mt.id FROM part.models_tags pt "
+                     "JOIN part.tags t ON t.id = pt.tags_id JOIN main.tags mt ON mt.name = t.name")
+        conn.execute("INSERT INTO main.creators (username, image) "
+                     "SELECT username, image FROM part.creators WHERE true "
+                     "ON CONFLICT(username) DO UPDATE SET "
+                     "image = coalesce(excluded.image, creators.image)")
+        conn.commit()
+    finally:
+        conn.execute("DETACH DATABASE part")
+    return both
+
+
+def _load_parallel(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildSummary,
+                   progress: Callable[[int, int], None] | None, workers: int,
+                   target: Path) -> None:
+    """A fresh build on several cores: each extra process loads a slice into its own file, this
+    one loads the first slice into ``target``; then the slices are merged in SQL, in order."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    slices = _split(todo, workers + 1)
+    total = len(todo)
+    children = []
+    try:
+        for k, part in enumerate(slices[1:], 1):
+            path = target.with_name(f"{target.name}.part{k}")
+            if path.exists():
+                path.unlink()  # our own leftover from an interrupted build
+            counter = context.Value("q", 0, lock=False)
+            receive, send = context.Pipe(duplex=False)
+            proc = context.Process(target=_load_part, args=(dump, part, path, counter, send),
+                                   daemon=True)
+            proc.start()
+            send.close()
+            children.append((proc, path, counter, receive))
+
+        def report(done: int) -> None:
+            if progress:
+                progress(done + sum(c[2].value for c in children), total)
+
+        _load_files(conn, dump, slices[0], summary, True, frozenset(), set(), report)
+        writer = _Writer(conn, summary, True)
+        both: list[int] = []
+        for proc, path, counter, receive in children:
+            try:
+                status, result = receive.recv()
+            except EOFError:
+                status, result = "error", f"exit code {proc.exitcode}"
+            proc.join()
+            if status != "ok":
+                raise RuntimeError(f"build worker failed: {result}")
+            summary.files_read += result.files_read
+            summary.skipped += result.skipped
+            summary.errors.extend(result.errors)
+            summary.models_rebuilt += result.models_rebuilt
+            both.extend(_merge_part(writer, path, summary))
+            path.unlink()
+            if progress:
+                report(len(slices[0]))
+        _rederive(writer, sorted(set(both)))
+    finally:
+        for proc, path, _counter, receive in children:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+            receive.close()
+            if path.exists():
+                path.unlink()
+
+
 def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fresh: bool,
-               progress: Callable[[int, int], None] | None, workers: int | None = None) -> None:
+               progress: Callable[[int, int], None] | None, workers: int | None = None,
+               target: Path | None = None) -> None:
     # files that failed last time are read again (the crawler may have finished them since)
     known_sources = {path: (size, mtime_ns) if kind != "error" else None
                      for path, size, mtime_ns, kind in
@@ -731,7 +911,6 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
     known_models = {row[0] for row in conn.execute("SELECT DISTINCT model_id FROM model_snapshots")}
     on_disk = list(iter_dump_files(dump))
     disk_paths = {rel for rel, _ in on_disk}
-    writer = _Writer(conn, summary, fresh)
     deferred: set[int] = set()
 
     # Files gone from the dump: drop their snapshots, re-read files that share their models.
@@ -755,71 +934,12 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
             if rel in reread or known_sources.get(rel) != (st.st_size, st.st_mtime_ns)]
     summary.files_unchanged = len(on_disk) - len(todo)
     total = len(todo)
-    seen_this_build: set[int] = set()
-    skip = frozenset(known_models | deferred)
     if workers is None:
-        workers = (os.cpu_count() or 1) if len(todo) >= POOL_MIN_FILES else 0
-        workers = workers - 1 if workers > 2 else 0
-
-    def write(result: _TaskResult) -> None:
-        for rel, error in result.errors:
-            summary.errors.append((rel, error))
-            log.warning("%s: %s (skipped)", dump / rel, error)
-        for rel, why in result.skips:
-            log.info("%s: %s (skipped)", rel, why)
-        summary.files_read += result.files_read
-        summary.skipped += len(result.skips)
-        writer.insert_snapshots(result.snapshots)
-        conn.executemany(_SQL["_sources"], result.sources)
-        now_ids, now_rows = [], []
-        for model_id, rows in result.derived.items():
-            if model_id in skip or model_id in seen_this_build or model_id in deferred:
-                deferred.add(model_id)  # also in another group (list pages): derive from the db
-                continue
-            now_ids.append(model_id)
-            if rows is not None:
-                now_rows.append(rows)
-        seen_this_build.update(result.derived)
-        writer.write_models(now_ids, now_rows, clean=False)
-        conn.commit()
-
-    done = 0
-    tasks = _tasks(todo, TASK_FILES if workers else CHUNK_FILES)
-    if workers:
-        import collections
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(skip,)) as pool:
-            window: collections.deque = collections.deque()
-            for task in tasks:
-                window.append((len(task), pool.submit(_read_task, str(dump), task)))
-                if len(window) > 2 * workers:
-                    n, future = window.popleft()
-                    write(future.result())
-                    done += n
-                    if progress:
-                        progress(done, total)
-            while window:
-                n, future = window.popleft()
-                write(future.result())
-                done += n
-                if progress:
-                    progress(done, total)
-    else:
-        for task in tasks:
-            write(_read_task(str(dump), task, skip))
-            done += len(task)
-            if progress:
-                progress(done, total)
-
-    ids = sorted(deferred)
-    for start in range(0, len(ids), 500):
-        part = ids[start:start + 500]
-        loaded = writer.load_snapshots(part)
-        rows = [r for r in (derive_model(mid, loaded.get(mid, [])) for mid in part)
-                if r is not None]
-        writer.write_models(part, rows, clean=True)
-        conn.commit()
+        workers = (os.cpu_count() or 1) - 1 if len(todo) >= POOL_MIN_FILES else 0
+    workers = min(workers, max(0, len(todo) - 1))
+    if fresh and workers > 0 and target is not None:
+        _load_parallel(conn, dump, todo, summary, progress, workers, target)
+        return
+    skip = frozenset(known_models | deferred)
+    _load_files(conn, dump, todo, summary, fresh, skip, deferred,
+                (lambda done: progress(done, total)) if progress else None)
