@@ -51,6 +51,8 @@ _STRUCTURE_RE = re.compile(r'["{}\[\]]')
 #: (the key is greedy: a lazy key would differ only by trailing blanks, which are stripped)
 _TOKEN_RE = re.compile(r"\s*([A-Za-z_][\w \-/.]{0,60})\s*:\s*+([^,\"{\[][^,]*)?")
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
+#: ``_TOKEN_RE`` tried only where a comma-separated piece starts (line start or just after a comma)
+_PIECE_TOKENS_RE = re.compile(r"(?:^|(?<=,))" + _TOKEN_RE.pattern)
 
 
 def _scan_string(s: str, i: int) -> int:
@@ -86,16 +88,18 @@ def parse_params(line: str) -> dict[str, str]:
     match = _TOKEN_RE.match
     if '"' not in line and "{" not in line and "[" not in line:
         # only plain values: no part of the token pattern crosses a comma, so the tokens are the
-        # comma-separated pieces (a piece that does not match is a malformed token, skipped)
-        for piece in line.split(","):
-            m = match(piece)
-            if m:
-                key, value = m.groups()
-                key = key.strip()
-                value = "" if value is None else value.strip()
-                if key in out:
-                    del out[key]
-                out[key] = value
+        # comma-separated pieces (a piece that does not match is a malformed token, skipped); one
+        # findall anchored at the piece starts finds them all (an absent value is "", as None was)
+        pairs = _PIECE_TOKENS_RE.findall(line)
+        out = {key.strip(): value.strip() for key, value in pairs}
+        if len(out) == len(pairs):
+            return out
+        out = {}  # a key given twice: the last one wins and takes its place
+        for key, value in pairs:
+            key = key.strip()
+            if key in out:
+                del out[key]
+            out[key] = value.strip()
         return out
     i, n = 0, len(line)
     while i < n:
@@ -197,7 +201,10 @@ def _split_infotext(text: str) -> tuple[str, str | None, str, dict[str, str] | N
         body = lines
         parsed = None
     else:
-        params = ", ".join(l.strip().rstrip(",") for l in lines[p_start:] if l.strip())
+        if p_start == len(lines) - 1:  # one line, and not blank (it starts like a parameter line)
+            params = lines[p_start].strip().rstrip(",")
+        else:
+            params = ", ".join(l.strip().rstrip(",") for l in lines[p_start:] if l.strip())
         if params != lines[p_start]:
             parsed = None  # several lines, or trimmed: parse the joined text again
         body = lines[:p_start]

@@ -40,6 +40,8 @@ def to_int(value: Any) -> int | None:
     """Exact integers (seeds may exceed 2**53): never through float unless given as a float."""
     if type(value) is str:  # the common case first; the same steps as below
         s = value.strip().strip('"')
+        if s.isdigit() and s.isascii() and len(s) <= 40:  # what _INT_RE takes without a sign
+            return int(s)
     else:
         if value is None or isinstance(value, bool):
             return None
@@ -58,9 +60,12 @@ def to_int(value: Any) -> int | None:
 def to_float(value: Any) -> float | None:
     if type(value) is str:  # the common case first; the same steps as below
         s = value.strip().strip('"')
-        if not _FLOAT_RE.fullmatch(s):
+        if s.isascii() and s.replace(".", "", 1).isdigit():  # digits with at most one dot: _FLOAT_RE takes them
+            f = float(s)
+        elif not _FLOAT_RE.fullmatch(s):
             return None
-        f = float(s)
+        else:
+            f = float(s)
     elif value is None or isinstance(value, bool):
         return None
     elif isinstance(value, (int, float)):
@@ -117,14 +122,36 @@ def clean_hash(h: Any) -> str | None:
     return s.upper()
 
 
+def _hash_and_kind(h: str) -> tuple[str | None, str | None]:
+    """``(clean_hash(h), hash_kind_of(h))``, the kind None when the hash is, in one pass over ``h``."""
+    s = h.strip()
+    if not s:
+        return None, None
+    low = s.lower()
+    if low.startswith("blake3:"):
+        body, kind = s[7:], "BLAKE3"
+    elif low.startswith("0x"):
+        body, kind = s[2:], ("AutoV3" if len(s) == 66 else None)  # "0x" is not hex: no kind by length
+    else:
+        if not _HEX.match(s):
+            return None, None
+        return s.upper(), _KIND_BY_LEN.get(len(s))
+    if not _HEX.match(body):
+        return None, None
+    return body.upper(), kind
+
+
 _SPACES_RE = re.compile(r"\s+")
 _EXT_RE = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)
 
 
 def normalise_name(name: str) -> str:
     """LoRA/resource name: no folders, no extension, no trailing punctuation, spaces -> underscore."""
-    s = str(name).strip().replace("\\", "/")
-    s = s.rsplit("/", 1)[-1]
+    s = str(name).strip()
+    if "\\" in s:
+        s = s.replace("\\", "/")
+    if "/" in s:
+        s = s[s.rfind("/") + 1:]
     if "." in s:  # the extension pattern needs one
         s = _EXT_RE.sub("", s)
     s = s.strip().rstrip(".,;:!?")
@@ -138,10 +165,17 @@ def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: f
                  source: str | None = None) -> None:
     """Add or merge one referenced resource (same kind and normalised name, or same hash)."""
     name = str(name).strip() if name not in (None, "") else None
-    kind_of = hash_kind or hash_kind_of(h) if isinstance(h, str) else None
-    h = clean_hash(h)
-    if h is None:
-        kind_of = None
+    if type(h) is str:
+        h, kind_of = _hash_and_kind(h)
+        if hash_kind and h is not None:
+            kind_of = hash_kind
+    elif isinstance(h, str):
+        kind_of = hash_kind or hash_kind_of(h)
+        h = clean_hash(h)
+        if h is None:
+            kind_of = None
+    else:
+        h = kind_of = None
     if not name and not h and not version_id:
         return
     norm = normalise_name(name).lower() if name else None
@@ -349,7 +383,11 @@ def _canonical_body(rec: dict[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {k: v if type(v) in plain else _canon(v) for k, v in zip(FIELDS, values) if v is not None}
     get = rec.get
     loras = get("loras")
-    body["loras"] = _canon(loras) if loras else []
+    if type(loras) is list:  # each usage dict inline (what _canon does, without a call per dict)
+        body["loras"] = [{k: v if type(v) in plain else _canon(v) for k, v in d.items() if v is not None}
+                         if type(d) is dict else _canon(d) for d in loras]
+    else:
+        body["loras"] = _canon(loras) if loras else []
     params = get("params")
     if params:
         out = {k: v for k, v in params.items() if type(v) is str}  # almost always all of them
@@ -364,8 +402,14 @@ def _canonical_body(rec: dict[str, Any]) -> dict[str, Any]:
         body["params"] = out
     else:
         body["params"] = {}
-    res = [_canon(r) for r in get("resources") or []]
-    res.sort(key=_resource_key)
+    res = get("resources")
+    if type(res) is list:
+        res = [{k: v if type(v) in plain else _canon(v) for k, v in d.items() if v is not None}
+               if type(d) is dict else _canon(d) for d in res]
+    else:
+        res = [_canon(r) for r in res or []]
+    if len(res) > 1 or res and type(res[0]) is not dict:  # one dict needs no key (a non-dict raises, as before)
+        res.sort(key=_resource_key)
     body["resources"] = res
     return body
 
