@@ -590,6 +590,7 @@ def link_local_images(conn: sqlite3.Connection, dump: Path) -> int:
 
 POOL_MIN_FILES = 2000  # below this, worker processes cost more than they save
 TASK_FILES = 250
+MAIN_SHARE = 0.7  # this process's slice of a parallel build, against 1.0 per extra process
 
 
 def _open_load_db(path: Path) -> sqlite_utils.Database:
@@ -636,8 +637,8 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small dicts, no cycles: the collector only burns time here
     try:
-        _run_build(conn, dump, summary, fresh, progress, workers, target)
-        if fresh:
+        indexed = _run_build(conn, dump, summary, fresh, progress, workers, target)
+        if fresh and not indexed:
             apply_schema(db, CIVITAI_SCHEMA)  # the secondary indexes
             conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
         conn.execute("UPDATE creators SET model_count = "
@@ -721,11 +722,12 @@ def _tasks(todo: list[tuple[str, os.stat_result]], size: int) -> Iterator[list[t
         yield task
 
 
-def _split(todo: list, parts: int) -> list[list]:
-    """``todo`` in ``parts`` contiguous slices of about equal size, cut only between model ids."""
-    out, start = [], 0
-    for k in range(1, parts):
-        cut = max(start, len(todo) * k // parts)
+def _split(todo: list, weights: list[float]) -> list[list]:
+    """``todo`` in contiguous slices sized by ``weights``, cut only between model ids."""
+    out, start, acc, whole = [], 0, 0.0, sum(weights)
+    for weight in weights[:-1]:
+        acc += weight
+        cut = max(start, int(len(todo) * acc / whole))
         while 0 < cut < len(todo) and (os.path.basename(todo[cut][0]).split(".", 1)[0]
                                        == os.path.basename(todo[cut - 1][0]).split(".", 1)[0]):
             cut += 1
@@ -806,7 +808,8 @@ _MERGE_TABLES = ("models", "model_versions", "model_files", "images", "file_hash
 
 
 def _merge_part(writer: _Writer, path: Path, summary: BuildSummary) -> list[int]:
-    """Copy one slice into the main database; returns the models both already held."""
+    """Copy one slice into the main database (indexed, its full-text index filled); returns the
+    models both held, which the caller re-derives from all their snapshots."""
     conn = writer.conn
     conn.execute("ATTACH DATABASE ? AS part", (str(path),))
     try:
@@ -814,15 +817,18 @@ def _merge_part(writer: _Writer, path: Path, summary: BuildSummary) -> list[int]
         both = [r[0] for r in conn.execute(
             "SELECT DISTINCT model_id FROM part.model_snapshots "
             "WHERE model_id IN (SELECT model_id FROM main.model_snapshots)")]
+        writer.write_models(both, [], clean=True)  # their rows and full-text entries, for now
         before = conn.total_changes
         cols = ", ".join(f'"{c}"' for c in _COLS["model_snapshots"])
         conn.execute(f"INSERT OR IGNORE INTO main.model_snapshots ({cols}) "
                      f"SELECT {cols} FROM part.model_snapshots ORDER BY rowid")
         summary.snapshots_new += conn.total_changes - before
-        for table in _MERGE_TABLES:
+        for table in _MERGE_TABLES:  # the later slice wins, as in a serial build
             cols = ", ".join(f'"{c}"' for c in _COLS[table])
             conn.execute(f'INSERT OR REPLACE INTO main."{table}" ({cols}) '
                          f'SELECT {cols} FROM part."{table}"')
+        conn.execute("INSERT INTO models_fts (rowid, name, description_text, tags) "
+                     "SELECT rowid, name, description_text, tags FROM part.models")
         # tags: the slice's ids are its own; new names get the next ids in the slice's order
         for tid, name in conn.execute("SELECT id, name FROM part.tags ORDER BY id").fetchall():
             if name not in writer.tag_ids:
@@ -851,7 +857,9 @@ def _load_parallel(conn: sqlite3.Connection, dump: Path, todo: list, summary: Bu
     import multiprocessing
 
     context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
-    slices = _split(todo, workers + 1)
+    # This process also indexes its own slice while the others still load, and merges at the
+    # end: it takes a smaller share.
+    slices = _split(todo, [MAIN_SHARE] + [1.0] * workers)
     total = len(todo)
     children = []
     try:
@@ -872,7 +880,11 @@ def _load_parallel(conn: sqlite3.Connection, dump: Path, todo: list, summary: Bu
                 progress(done + sum(c[2].value for c in children), total)
 
         _load_files(conn, dump, slices[0], summary, True, frozenset(), set(), report)
-        writer = _Writer(conn, summary, True)
+        # while the others still load: secondary indexes and the full-text index of this slice
+        apply_schema(sqlite_utils.Database(conn), CIVITAI_SCHEMA)
+        conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+        conn.commit()
+        writer = _Writer(conn, summary, fresh=False)  # keeps models_fts in step from here on
         both: list[int] = []
         for proc, path, counter, receive in children:
             try:
@@ -903,7 +915,8 @@ def _load_parallel(conn: sqlite3.Connection, dump: Path, todo: list, summary: Bu
 
 def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fresh: bool,
                progress: Callable[[int, int], None] | None, workers: int | None = None,
-               target: Path | None = None) -> None:
+               target: Path | None = None) -> bool:
+    """Load what changed; True when the secondary and full-text indexes are already built."""
     # files that failed last time are read again (the crawler may have finished them since)
     known_sources = {path: (size, mtime_ns) if kind != "error" else None
                      for path, size, mtime_ns, kind in
@@ -939,7 +952,8 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
     workers = min(workers, max(0, len(todo) - 1))
     if fresh and workers > 0 and target is not None:
         _load_parallel(conn, dump, todo, summary, progress, workers, target)
-        return
+        return True
     skip = frozenset(known_models | deferred)
     _load_files(conn, dump, todo, summary, fresh, skip, deferred,
                 (lambda done: progress(done, total)) if progress else None)
+    return False
