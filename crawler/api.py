@@ -170,10 +170,19 @@ async def fetch_model(client: CivitaiClient, model_id: int) -> Response:
 
     The Response's ``host`` is the host that answered; on ``error`` its ``reason`` is the last
     host's reason."""
+    def validate(data: Any) -> dict:
+        return check_model(data, model_id)
+
+    bases = client.api_bases
+    if len(bases) == 1:  # the usual case, the path of every id of a per-id crawl
+        base = bases[0]
+        return await client.request("GET", f"{client.encoded_bases[base]}/models/{model_id}", validate=validate,
+                                    host=client.hosts[base], encoded=True)
     last: Response | None = None
     saw_error: Response | None = None
-    for base in client.api_bases:
-        resp = await client.get_json(f"{base}/models/{model_id}", validate=lambda d: check_model(d, model_id))
+    for base in bases:
+        resp = await client.request("GET", f"{client.encoded_bases[base]}/models/{model_id}", validate=validate,
+                                    host=client.hosts[base], encoded=True)
         if resp.outcome == "ok":
             return resp
         if resp.outcome == "error":

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from yarl import URL
 
 from crawler import __version__
 
@@ -202,6 +203,10 @@ class CivitaiClient:
         sleep_429: float = 30.0,
     ):
         self.api_bases = [b.rstrip("/") for b in (api_bases or [DEFAULT_API_BASE])]
+        # Per API base: its host (for Response.host) and its URL in encoded form, so that URLs
+        # built from it by appending digits need no percent-encoding pass per request.
+        self.hosts = {b: host_of(b) for b in self.api_bases}
+        self.encoded_bases = {b: str(URL(b)) for b in self.api_bases}
         self._api_key = api_key or None
         self.threads = max(1, threads)
         self.retries = max(0, retries)
@@ -303,21 +308,26 @@ class CivitaiClient:
         params: dict | None = None,
         json: Any = None,
         validate: Callable[[Any], Any] | None = None,
+        host: str | None = None,
+        encoded: bool = False,
     ) -> Response:
         """One JSON request with retries. ``validate(parsed)`` may return a replacement value,
-        raise :class:`Invalid` (retried) or :class:`NotFound`."""
+        raise :class:`Invalid` (retried) or :class:`NotFound`. ``host``: the URL's host when the
+        caller knows it (``self.hosts[base]``); ``encoded``: ``url`` is already percent-encoded
+        (built from ``self.encoded_bases[base]`` and plain digits), so aiohttp need not encode it."""
         assert self.session is not None, "use 'async with CivitaiClient(...)'"
-        result = Response(url=url, outcome="error", host=host_of(url))
+        result = Response(url, "error", host=host or host_of(url))
+        target = URL(url, encoded=True) if encoded else url
         # The first attempt is awaited directly (no closure, no extra coroutine layer: this is the
         # path of every request of a crawl); a retryable failure hands over to the retry policy.
         try:
-            return await self._attempt(result, method, url, params, json, validate)
+            return await self._attempt(result, method, target, params, json, validate)
         except RETRY_EXCEPTIONS as exc:
             failed = exc
         return await self._with_retries(
-            functools.partial(self._attempt, result, method, url, params, json, validate), result, failed)
+            functools.partial(self._attempt, result, method, target, params, json, validate), result, failed)
 
-    async def _attempt(self, result: Response, method: str, url: str, params: dict | None, json: Any,
+    async def _attempt(self, result: Response, method: str, url: str | URL, params: dict | None, json: Any,
                        validate: Callable[[Any], Any] | None) -> Response:
         """One attempt of :meth:`request`; raises what the retry policy retries."""
         result.attempts += 1

@@ -105,6 +105,28 @@ def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
     os.replace(part, path)
 
 
+# Model files are written relative to their block folder's descriptor where the OS has openat/renameat.
+_DIR_FD = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+_MAX_BLOCK_FDS = 4
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
+def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
+    """:func:`write_atomic` of ``name`` in the folder open as ``dir_fd`` (``openat`` + ``renameat``)."""
+    part = name + ".part"
+    fd = os.open(part, _NEW_FILE, 0o666, dir_fd=dir_fd)
+    try:
+        n = os.write(fd, data)
+        if n < len(data):  # a short write (full disk returns an error instead; a signal may cut it)
+            view = memoryview(data)[n:]
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    os.replace(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
 def read_log(path: Path) -> dict[int, list[str]]:
     """id -> the other columns of its last line. Lines whose first column is not a number are skipped,
     and so is a last line without its newline whose id is shorter than 8 digits (a write torn by a
@@ -201,6 +223,7 @@ class Dump:
         self._logs: dict[str, LogFile] = {}
         self._logs_lock = threading.Lock()
         self._blocks: dict[int, str] = {}
+        self._block_fds: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[str, list[tuple[int, str]]] = {}
 
@@ -295,31 +318,61 @@ class Dump:
             folder = self._blocks[block] = os.path.join(self.root, block_of(model_id))
         return f"{folder}/{model_id:08d}.json"
 
+    def _block_fd(self, model_id: int) -> int:
+        """An open descriptor of the model's block folder (created if missing), cached: the file is
+        then created and renamed relative to it (``openat``/``renameat``), with no path to build
+        and walk per file. At most ``_MAX_BLOCK_FDS`` stay open (a crawl moves through the blocks
+        in order)."""
+        block = model_id // 10000
+        fd = self._block_fds.get(block)
+        if fd is None:
+            if len(self._block_fds) >= _MAX_BLOCK_FDS:
+                self._close_block_fds()
+            folder = os.path.join(self.root, block_of(model_id))
+            try:
+                fd = os.open(folder, _DIR_FLAGS)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(folder, _DIR_FLAGS)
+            self._block_fds[block] = fd
+        return fd
+
+    def _close_block_fds(self) -> None:
+        fds, self._block_fds = self._block_fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
     def write_model(self, model_id: int, model: dict) -> str:
-        """The file part of :meth:`save_model` (safe to run in a worker thread); log it with :meth:`log_saved`.
+        """The file part of :meth:`save_model`; log it with :meth:`log_saved`.
 
         The file holds the answer re-serialised canonically (:func:`dumps`), not the body bytes as
         received, so a list item of batch mode and a ``/models/{id}`` answer give the same file."""
-        path = self._model_file(model_id)
         data = dumps(model)
+        if model_id not in self.on_disk:  # the usual case: a new file, nothing to compare or keep
+            if _DIR_FD:
+                write_atomic_at(self._block_fd(model_id), f"{model_id:08d}.json", data)
+            else:
+                write_atomic(self._model_file(model_id), data)
+            self.on_disk.add(model_id)
+            return "saved"
+        # known from the walk at load, or saved earlier in this run
+        path = self._model_file(model_id)
         status = "saved"
-        if model_id in self.on_disk:  # known from the walk at load, or saved earlier in this run
-            try:
-                with open(path, "rb") as fh:
-                    old_bytes = fh.read()
-                old = check_model(parse_json_body(old_bytes), model_id)
-            except (Invalid, NotFound, OSError):
-                old_bytes, old = b"", None
-            if old_bytes == data:
-                status = "unchanged"
-            elif old is not None:
-                why = is_worse(old, model)
-                if why:
-                    self.keep_beside(model_id, data, why)
-                    status = "kept"
+        try:
+            with open(path, "rb") as fh:
+                old_bytes = fh.read()
+            old = check_model(parse_json_body(old_bytes), model_id)
+        except (Invalid, NotFound, OSError):
+            old_bytes, old = b"", None
+        if old_bytes == data:
+            status = "unchanged"
+        elif old is not None:
+            why = is_worse(old, model)
+            if why:
+                self.keep_beside(model_id, data, why)
+                status = "kept"
         if status == "saved":
             write_atomic(path, data)
-        self.on_disk.add(model_id)
         return status
 
     def batch_logs(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -412,6 +465,7 @@ class Dump:
         """Write the queued log lines, rewrite errors.txt (latest failures only) and missing.txt; close the logs."""
         self.flush_logs()
         self._loop = None
+        self._close_block_fds()
         for lf in self._logs.values():
             lf.close()
         self._logs.clear()

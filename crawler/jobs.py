@@ -1,7 +1,7 @@
 """Crawl jobs: which ids to fetch (range, --retry, --crawl, --recheck-crawled), and the worker pool.
 
 ``await run_crawl(options, client)`` is the whole of ``civitai-mirror crawl`` without the command
-line: an asyncio queue of work units (one id, or a batch of up to 100 ids), ``threads`` workers,
+line: one generator of work units (one id, or a batch of up to 100 ids) shared by ``threads`` workers,
 the dump's logs as the archive of what is done. Setting ``stop`` (an asyncio.Event) makes it stop
 taking new work, finish what is in flight and write its logs.
 """
@@ -161,22 +161,32 @@ class Crawler:
         for model_id in result.failed:  # the batch failed after its retries: one by one
             await self._one(model_id)
 
-    async def _worker(self, queue: asyncio.Queue) -> None:
-        while True:
-            unit = await queue.get()
+    async def _worker(self, units: Iterator) -> None:
+        """Take work units from ``units`` (shared by all workers) until it is empty or ``stop`` is set.
+
+        One generator shared by a fixed pool of workers instead of a queue with a producer: a
+        ``next()`` runs to the end without awaiting, so two workers never run it at once, and no
+        Future is made per id (a bounded queue makes one per ``put`` and ``get`` that waits)."""
+        stop = self.stop
+        one = self._one
+        while not stop.is_set():
+            unit = next(units, None)
+            if unit is None:
+                return
             try:
-                if isinstance(unit, list):
+                if type(unit) is int:
+                    await one(unit)
+                elif isinstance(unit, list):
                     await self._batch(unit)
-                else:
-                    await self._one(unit)
-            except Exception:  # a bug must not hang the queue; log it and record the ids as errors
+                else:  # (model_id,): a skipped, already downloaded id whose images are archived
+                    await self._queue_images(unit[0], None)
+            except Exception:  # a bug must not stop the pool; log it and record the ids as errors
                 log.exception("crawl of %s failed", unit)
-                for model_id in unit if isinstance(unit, list) else [unit]:
-                    if model_id not in self.outcomes:
-                        self._error(model_id, "internal error")
-            finally:
-                queue.task_done()
-                self._progress()
+                if not isinstance(unit, tuple):
+                    for model_id in unit if isinstance(unit, list) else [unit]:
+                        if model_id not in self.outcomes:
+                            self._error(model_id, "internal error")
+            self._progress()
 
     # -- selecting ids ----------------------------------------------------------------------
 
@@ -189,35 +199,36 @@ class Crawler:
             return self.o.recheck_notfound
         return True
 
-    async def _units(self, ids: Iterable[int], forced: bool = False) -> Iterator:
-        """Yield work units for ``ids`` (ascending), skipping known ones."""
+    def _units(self, ids: Iterable[int], forced: bool = False) -> Iterator:
+        """Work units for ``ids`` (ascending), skipping known ones: an id (per-id), a list of up to
+        100 ids (batch), or ``(id,)`` for a skipped downloaded id whose images are to be archived."""
         size = 1 if self.o.per_id else api.BATCH_SIZE
+        images = self.o.images
         chunk: list[int] = []
         for model_id in ids:
             if not self._wanted(model_id, forced):
                 self.stats.skipped += 1
                 self.stats.done += 1
-                if self.o.images and model_id in self.dump.downloaded:
-                    await self._queue_images(model_id, None)
+                if images and model_id in self.dump.downloaded:
+                    yield (model_id,)
                 if self.stats.skipped % 1000 == 0:
                     self._progress()
                 continue
+            if size == 1:
+                yield model_id
+                continue
             chunk.append(model_id)
             if len(chunk) >= size:
-                yield chunk if size > 1 else chunk[0]
+                yield chunk
                 chunk = []
         if chunk:
-            yield chunk if size > 1 else chunk[0]
+            yield chunk
 
     async def _process(self, ids: Iterable[int], forced: bool = False) -> None:
-        queue: asyncio.Queue = asyncio.Queue(maxsize=self.o.threads * 2)
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.o.threads)]
+        units = self._units(ids, forced)
+        workers = [asyncio.create_task(self._worker(units)) for _ in range(self.o.threads)]
         try:
-            async for unit in self._units(ids, forced):
-                if self.stop.is_set():
-                    break
-                await queue.put(unit)
-            await queue.join()
+            await asyncio.gather(*workers)
         finally:
             for w in workers:
                 w.cancel()
