@@ -268,21 +268,40 @@ def test_fresh_build_has_every_declared_index_and_json_as_text(built):
 
 
 def test_worker_processes_build_the_same_rows(tmp_path):
-    """Reading and deriving in worker processes (used for big dumps) gives the same database."""
+    """A fresh build split over worker processes (each loading a slice into its own file, then
+    merged) gives the same database as one process, also when a list page in a later slice
+    holds models whose own files are in an earlier one."""
     dump = copy_dump(tmp_path / "dump")
+    model = json.loads((dump / "00000000" / "00000101.json").read_text())
+    model["stats"] = {**(model.get("stats") or {}), "downloadCount": 424242}
+    model["tags"] = list(model.get("tags") or []) + ["zz only on a page"]
+    page = {"items": [model, json.loads((dump / "pages" / "models-newest-page1.json").read_text())[
+        "items"][0]], "metadata": {}}
+    (dump / "pages" / "models-newest-page2.json").write_text(json.dumps(page))
+    os.utime(dump / "pages" / "models-newest-page2.json", (JAN_1 + 60, JAN_1 + 60))
     serial, pooled = tmp_path / "serial.sqlite", tmp_path / "pooled.sqlite"
     import mirror.build as build
     old = build.TASK_FILES
-    build.TASK_FILES = 2  # several tasks in flight, side files kept with their main file
+    build.TASK_FILES = 2  # several tasks per slice, side files kept with their main file
     try:
         a = build_mirror(dump, serial, workers=0)
         b = build_mirror(dump, pooled, workers=2)
     finally:
         build.TASK_FILES = old
-    assert (b.models, b.versions, b.files, b.hashes, b.images, b.errors, b.skipped) == (
-        a.models, a.versions, a.files, a.hashes, a.images, a.errors, a.skipped)
+    assert (b.models, b.versions, b.files, b.hashes, b.images, b.errors, b.skipped, b.files_read,
+            b.snapshots_new) == (a.models, a.versions, a.files, a.hashes, a.images, a.errors,
+                                 a.skipped, a.files_read, a.snapshots_new)
     for table in ("models", "model_versions", "model_files", "file_hashes", "images",
-                  "model_snapshots", "models_tags", "creators"):
+                  "archived_model_files", "model_snapshots", "creators", "_sources"):
         assert rows(pooled, f"SELECT * FROM {table} ORDER BY 1, 2") == rows(
             serial, f"SELECT * FROM {table} ORDER BY 1, 2"), table
-    assert rows(pooled, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'texture'") == [(101,)]
+    tags_sql = ("SELECT mt.models_id, t.name FROM models_tags mt JOIN tags t ON t.id = mt.tags_id "
+                "ORDER BY 1, 2")
+    assert rows(pooled, tags_sql) == rows(serial, tags_sql)
+    assert rows(pooled, "SELECT downloadCount, _snapshots FROM models WHERE id = 101") == [(424242, 2)]
+    for query in ("texture", '"zz only on a page"'):
+        fts = f"SELECT rowid FROM models_fts WHERE models_fts MATCH '{query}' ORDER BY rowid"
+        assert rows(pooled, fts) == rows(serial, fts) == [(101,)], query
+    with sqlite3.connect(pooled) as conn:  # no stale entries left by the merge
+        conn.execute("INSERT INTO models_fts(models_fts, rank) VALUES('integrity-check', 1)")
+    assert not list(tmp_path.glob("pooled.sqlite.*"))  # slice files removed
