@@ -176,13 +176,13 @@ async def fetch_model(client: CivitaiClient, model_id: int) -> Response:
     bases = client.api_bases
     if len(bases) == 1:  # the usual case, the path of every id of a per-id crawl
         base = bases[0]
-        return await client.request("GET", f"{client.encoded_bases[base]}/models/{model_id}", validate=validate,
-                                    host=client.hosts[base], encoded=True)
+        return await client.request("GET", client.api_url(base, f"/models/{model_id}"), validate=validate,
+                                    host=client.hosts[base])
     last: Response | None = None
     saw_error: Response | None = None
     for base in bases:
-        resp = await client.request("GET", f"{client.encoded_bases[base]}/models/{model_id}", validate=validate,
-                                    host=client.hosts[base], encoded=True)
+        resp = await client.request("GET", client.api_url(base, f"/models/{model_id}"), validate=validate,
+                                    host=client.hosts[base])
         if resp.outcome == "ok":
             return resp
         if resp.outcome == "error":

@@ -76,7 +76,7 @@ RETRY_EXCEPTIONS = (Retryable, aiohttp.ClientError, asyncio.TimeoutError)
 
 @dataclass
 class Response:
-    url: str
+    url: str | URL  # as given to the request
     outcome: str  # ok | notfound | error
     status: int | None = None
     data: Any = None
@@ -203,10 +203,11 @@ class CivitaiClient:
         sleep_429: float = 30.0,
     ):
         self.api_bases = [b.rstrip("/") for b in (api_bases or [DEFAULT_API_BASE])]
-        # Per API base: its host (for Response.host) and its URL in encoded form, so that URLs
-        # built from it by appending digits need no percent-encoding pass per request.
+        # Per API base: its host (for Response.host) and its parts in encoded form, for
+        # :meth:`api_url` (no parsing or percent-encoding pass per request).
         self.hosts = {b: host_of(b) for b in self.api_bases}
-        self.encoded_bases = {b: str(URL(b)) for b in self.api_bases}
+        self._base_parts = {b: (u.scheme, u.raw_authority, u.raw_path.rstrip("/"))
+                            for b, u in ((b, URL(b)) for b in self.api_bases)}
         self._api_key = api_key or None
         self.threads = max(1, threads)
         self.retries = max(0, retries)
@@ -309,23 +310,27 @@ class CivitaiClient:
         json: Any = None,
         validate: Callable[[Any], Any] | None = None,
         host: str | None = None,
-        encoded: bool = False,
     ) -> Response:
         """One JSON request with retries. ``validate(parsed)`` may return a replacement value,
-        raise :class:`Invalid` (retried) or :class:`NotFound`. ``host``: the URL's host when the
-        caller knows it (``self.hosts[base]``); ``encoded``: ``url`` is already percent-encoded
-        (built from ``self.encoded_bases[base]`` and plain digits), so aiohttp need not encode it."""
+        raise :class:`Invalid` (retried) or :class:`NotFound`. ``url``: a string or a ``yarl.URL``
+        (see :meth:`api_url`); ``host``: its host when the caller knows it (``self.hosts[base]``)."""
         assert self.session is not None, "use 'async with CivitaiClient(...)'"
-        result = Response(url, "error", host=host or host_of(url))
-        target = URL(url, encoded=True) if encoded else url
+        result = Response(url, "error", host=host or host_of(str(url)))
         # The first attempt is awaited directly (no closure, no extra coroutine layer: this is the
         # path of every request of a crawl); a retryable failure hands over to the retry policy.
         try:
-            return await self._attempt(result, method, target, params, json, validate)
+            return await self._attempt(result, method, url, params, json, validate)
         except RETRY_EXCEPTIONS as exc:
             failed = exc
         return await self._with_retries(
-            functools.partial(self._attempt, result, method, target, params, json, validate), result, failed)
+            functools.partial(self._attempt, result, method, url, params, json, validate), result, failed)
+
+    def api_url(self, base: str, path: str) -> URL:
+        """``base + path`` as a ready ``yarl.URL``; ``path`` (like ``/models/123``) must be
+        percent-encoded already. Built from the base's parts parsed once: aiohttp would otherwise
+        parse and percent-encode the string URL of every request."""
+        scheme, authority, prefix = self._base_parts[base]
+        return URL.build(scheme=scheme, authority=authority, path=prefix + path, encoded=True)
 
     async def _attempt(self, result: Response, method: str, url: str | URL, params: dict | None, json: Any,
                        validate: Callable[[Any], Any] | None) -> Response:

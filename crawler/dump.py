@@ -40,18 +40,16 @@ _BLOCK = re.compile(r"^\d{8,}$")
 _MODEL_FILE = re.compile(r"^(\d{8,})\.json$")
 
 
-_second: tuple[int, str] = (-1, "")
+_second: list = [-1, ""]  # the last second formatted by utc_now, and its text
 
 
-def utc_now() -> str:
-    """UTC time like ``2026-11-22T01:02:03.456789Z`` (the formatted second is cached: one per log line)."""
-    global _second
-    now = time.time()
-    sec = int(now)
-    cached = _second
-    if cached[0] != sec:
-        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{cached[1]}.{int((now - sec) * 1e6):06d}Z"
+def utc_now(_time_ns=time.time_ns, _second=_second) -> str:
+    """UTC time like ``2026-11-22T01:02:03.456789Z`` (the formatted second is cached)."""
+    sec, us = divmod(_time_ns() // 1000, 1_000_000)
+    if _second[0] != sec:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        _second[0] = sec
+    return "%s%06dZ" % (_second[1], us)
 
 
 def utc_stamp() -> str:
@@ -225,7 +223,7 @@ class Dump:
         self._blocks: dict[int, str] = {}
         self._block_fds: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[str, list[tuple[int, str]]] = {}
+        self._pending: dict[str, list[tuple[int, list[str]]]] = {}
 
     # -- start of a run ---------------------------------------------------------------------
 
@@ -383,25 +381,37 @@ class Dump:
         (reported in missing.txt and fetched again) — never a line without its file."""
         self._loop = loop or asyncio.get_running_loop()
 
-    def _append(self, name: str, model_id: int, line: str) -> None:
+    def _append(self, name: str, model_id: int, cols: list[str]) -> None:
+        """Log ``model_id`` with ``cols`` in ``name``; the last column is the UTC time, filled in
+        here (not batching) or once for all lines of a batch when it is written."""
         if self._loop is None:
-            self._log(name).write_lines([line])
+            cols[-1] = utc_now()
+            self._log(name).write_lines(["%08d\t%s\n" % (model_id, "\t".join(cols))])
             return
-        if not self._pending:
+        pending = self._pending
+        if not pending:
             self._loop.call_soon(self.flush_logs)
-        lines = self._pending.get(name)
-        if lines is None:
-            self._pending[name] = [(model_id, line)]
+        items = pending.get(name)
+        if items is None:
+            pending[name] = [(model_id, cols)]
         else:
-            lines.append((model_id, line))
+            items.append((model_id, cols))
 
     def flush_logs(self) -> None:
-        """Write the queued log lines (see :meth:`batch_logs`). If downloaded.txt cannot be
-        appended to, its ids become errors (their files stay and show in missing.txt)."""
+        """Write the queued log lines (see :meth:`batch_logs`), all stamped with the time of the
+        write. If downloaded.txt cannot be appended to, its ids become errors (their files stay
+        and show in missing.txt)."""
         pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        now = utc_now()
         for name, items in pending.items():
+            lines = []
+            for model_id, cols in items:
+                cols[-1] = now
+                lines.append("%08d\t%s\n" % (model_id, "\t".join(cols)))
             try:
-                self._log(name).write_lines([line for _, line in items])
+                self._log(name).write_lines(lines)
             except OSError as exc:
                 log.error("could not append to %s: %s", self.root / name, exc)
                 if name == "downloaded.txt":
@@ -411,10 +421,9 @@ class Dump:
 
     def log_saved(self, model_id: int, host: str) -> None:
         """Append the downloaded.txt line — only once the file is in place."""
-        now = utc_now()
-        self.downloaded[model_id] = [host, now]
-        self._append("downloaded.txt", model_id, f"{model_id:08d}\t{host}\t{now}\n")
-        self._resolved(model_id)
+        cols = self.downloaded[model_id] = [host, ""]
+        self._append("downloaded.txt", model_id, cols)
+        self.errors.pop(model_id, None)  # resolved
 
     def keep_beside(self, model_id: int, data: bytes, why: str) -> Path:
         """Save a worse answer as ``<id>.<UTC>.json`` beside the good copy and log it in history.txt."""
@@ -436,9 +445,8 @@ class Dump:
             self.keep_beside(model_id, dumps(body if body is not None else {"error": "not found"}), "404 on refresh")
             self._resolved(model_id)
             return "kept"
-        now = utc_now()
-        self.notfound[model_id] = [hosts, now]
-        self._append("notfound.txt", model_id, f"{model_id:08d}\t{hosts}\t{now}\n")
+        cols = self.notfound[model_id] = [hosts, ""]
+        self._append("notfound.txt", model_id, cols)
         self._resolved(model_id)
         return "notfound"
 
@@ -449,9 +457,8 @@ class Dump:
         self._log("errors.txt").append(pad(model_id), reason, now)
 
     def mark_crawled(self, model_id: int) -> None:
-        now = utc_now()
-        self.crawled[model_id] = [now]
-        self._append("crawled.txt", model_id, f"{model_id:08d}\t{now}\n")
+        cols = self.crawled[model_id] = [""]
+        self._append("crawled.txt", model_id, cols)
 
     def _resolved(self, model_id: int) -> None:
         self.errors.pop(model_id, None)
