@@ -252,9 +252,10 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 
 #: spelling (lower case) -> (field, how its value is read): one lookup per parameter
+_SIZE = "size"
 _APPLY: dict[str, tuple[str, Any]] = {
     alias: (field, to_int if field in _INT_FIELDS else to_float if field in _FLOAT_FIELDS
-            else "size" if field == "size_raw" else None)
+            else _SIZE if field == "size_raw" else None)
     for alias, field in FIELD_ALIASES.items()
 }
 
@@ -262,10 +263,11 @@ _APPLY: dict[str, tuple[str, Any]] = {
 def apply_params(rec: dict[str, Any], params: dict[str, str]) -> dict[str, str]:
     """Set the normalised fields from ``params``; returns the parameters by lower-case key."""
     get = _APPLY.get
-    lower: dict[str, str] = {}
-    for key, value in params.items():
-        kl = key.lower()
-        lower[kl] = value
+    # the keys lower-cased in one pass; when no two differ only by case, ``lower`` holds every
+    # parameter in the same order and is walked instead of lower-casing each key again
+    lower: dict[str, str] = dict(zip(map(str.lower, params), params.values()))
+    pairs = lower.items() if len(lower) == len(params) else ((k.lower(), v) for k, v in params.items())
+    for kl, value in pairs:
         how = get(kl)
         if how is None:
             continue
@@ -274,7 +276,7 @@ def apply_params(rec: dict[str, Any], params: dict[str, str]) -> dict[str, str]:
             v = value.strip() if isinstance(value, str) else value
             if v == "":
                 v = None
-        elif conv == "size":
+        elif conv is _SIZE:
             set_size(rec, value)
             continue
         else:

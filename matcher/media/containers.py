@@ -123,6 +123,7 @@ def decode_user_comment(raw: bytes | str | None, errors: list[str] | None = None
 # ---------------------------------------------------------------- PNG
 _WANTED_CHUNKS = frozenset((b"IHDR", b"tRNS", b"tEXt", b"zTXt", b"iTXt", b"eXIf", b"IEND"))
 _CHUNK_HEAD = struct.Struct(">I4s")
+_IHDR_SIZE = struct.Struct(">II")
 
 
 def read_png(data: bytes, c: Containers) -> None:
@@ -141,18 +142,27 @@ def read_png(data: bytes, c: Containers) -> None:
                 break
             body_end = n
         pos = body_end + 4
-        if ctype not in wanted:
+        if ctype == b"IDAT" or ctype not in wanted:
             continue  # image data: never copied
-        body = data[body_start:body_end]
+        if ctype == b"tEXt":  # key and value sliced straight from ``data`` (no copy of the whole body)
+            k = data.find(b"\x00", body_start, body_end)
+            if k < 0:
+                c.texts[data[body_start:body_end].decode("latin-1")] = ""
+                continue
+            value = data[k + 1:body_end].rstrip(b"\x00")
+            try:  # decode_latin1_or_utf8, inline
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                text = value.decode("latin-1")
+            c.texts[data[body_start:k].decode("latin-1")] = text
+            continue
         if ctype == b"IHDR" and length >= 13:
-            c.width, c.height = struct.unpack(">II", body[:8])
-            colour_type = body[9]
-            c.has_alpha = colour_type in (4, 6)
-        elif ctype == b"tRNS":
+            c.width, c.height = _IHDR_SIZE.unpack_from(data, body_start)
+            c.has_alpha = data[body_start + 9] in (4, 6)
+            continue
+        body = data[body_start:body_end]
+        if ctype == b"tRNS":
             c.has_alpha = True
-        elif ctype == b"tEXt":
-            key, _, value = body.partition(b"\x00")
-            c.texts[key.decode("latin-1")] = decode_latin1_or_utf8(value)
         elif ctype == b"zTXt":
             key, _, rest = body.partition(b"\x00")
             raw = _inflate(rest[1:], c.errors, "zTXt")

@@ -10,6 +10,7 @@ import json
 import math
 import operator
 import re
+from itertools import filterfalse
 from typing import Any
 
 import orjson
@@ -83,6 +84,10 @@ def set_size(rec: dict[str, Any], value: Any) -> None:
         return
     s = str(value).strip()
     rec["size_raw"] = s
+    w, _, h = s.partition("x")
+    if w.isdigit() and h.isdigit() and s.isascii() and len(w) <= 6 and len(h) <= 6:  # "512x768": what _SIZE_RE takes
+        rec["width"], rec["height"] = int(w), int(h)
+        return
     m = _SIZE_RE.fullmatch(s)
     if m:
         rec["width"], rec["height"] = int(m.group(1)), int(m.group(2))
@@ -223,9 +228,12 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
     if not text:
         return out
     has_tag = "<" in text  # cheap tests: most prompts hold neither kind of tag
-    low = text.lower()
-    # a plain ``lora:NAME:W`` needs a "lora:" that is not the inside of a "<lora:" tag
-    has_plain = low.count("lora:") > low.count("<lora:")
+    if "a:" in text or "A:" in text:  # no other character lower-cases to "a" (or "l", "o", "r", ":", "<")
+        low = text.lower()  # (slow on non-ASCII text: 3 µs on a 350-character CJK prompt)
+        # a plain ``lora:NAME:W`` needs a "lora:" that is not the inside of a "<lora:" tag
+        has_plain = low.count("lora:") > low.count("<lora:")
+    else:
+        has_plain = False
     if not has_tag and not has_plain:
         return out
     tagged = []
@@ -300,7 +308,7 @@ def clean_prompt(text: str | None) -> str | None:
         return None
     # each substitution only where it can change something (the tests are much cheaper than the regexes)
     s = _TAG_RE.sub("", text) if "<" in text else text
-    if "lora:" in s.lower():
+    if ("a:" in s or "A:" in s) and "lora:" in s.lower():
         s = _PLAIN_RE.sub("", s)
     if "\t" in s:
         s = s.replace("\t", " ")
@@ -334,7 +342,7 @@ def _truncate(text: str) -> tuple[str, bool]:
 
 
 def finalise(rec: dict[str, Any]) -> dict[str, Any]:
-    rec.update({k: None for k in FIELDS if k not in rec})  # in FIELDS order, like setdefault
+    rec.update(dict.fromkeys(filterfalse(rec.__contains__, FIELDS)))  # the missing ones in FIELDS order, like setdefault
     truncated = False
     for key in ("positive_raw", "negative_raw"):
         v = rec.get(key)
@@ -380,7 +388,8 @@ def _canonical_body(rec: dict[str, Any]) -> dict[str, Any]:
         values = _FIELD_VALUES(rec)  # a finalised record holds every field
     except KeyError:
         values = [rec.get(k) for k in FIELDS]
-    body: dict[str, Any] = {k: v if type(v) in plain else _canon(v) for k, v in zip(FIELDS, values) if v is not None}
+    body: dict[str, Any] = {k: v if type(v) in plain else format(v, ".6g") if type(v) is float else _canon(v)
+                            for k, v in zip(FIELDS, values) if v is not None}
     get = rec.get
     loras = get("loras")
     if type(loras) is list:  # each usage dict inline (what _canon does, without a call per dict)
