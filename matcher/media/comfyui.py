@@ -98,6 +98,18 @@ _RESOLVE_ALIASES = {
 class Graph:
     def __init__(self, nodes: dict[str, Any]):
         self.nodes = nodes
+        self._links: dict[str, list[tuple[str, list]]] = {}  # node id -> its link inputs, found once
+
+    def links(self, nid: str, node: dict) -> list[tuple[str, list]]:
+        """(input name, link) for every input of ``node`` that is a link, in input order (cached: the
+        walks below reach the same nodes many times, and a parse never changes the graph)."""
+        found = self._links.get(nid)
+        if found is None:
+            ins = node.get("inputs") if node else None
+            found = [(k, v) for k, v in ins.items() if isinstance(v, list) and len(v) == 2
+                     and isinstance(v[0], (str, int)) and isinstance(v[1], int)] if isinstance(ins, dict) else []
+            self._links[nid] = found
+        return found
 
     def node(self, link: Any) -> dict[str, Any] | None:
         if is_link(link):
@@ -135,28 +147,38 @@ class Graph:
 
     def upstream(self, start: Any, follow: tuple[str, ...] | None = None, limit: int = 200):
         """Nodes reachable upstream from a link (BFS, each once)."""
+        if not is_link(start):
+            return []
+        nodes = self.nodes
         seen: set[str] = set()
-        queue = [start]
+        queue = [start]  # every entry is a link: only links are queued
+        qi = 0
         out = []
-        while queue and len(out) < limit:
-            link = queue.pop(0)
-            if not is_link(link):
-                continue
-            nid = str(link[0])
-            if nid in seen or nid not in self.nodes:
+        while qi < len(queue) and len(out) < limit:
+            nid = str(queue[qi][0])
+            qi += 1
+            if nid in seen or nid not in nodes:
                 continue
             seen.add(nid)
-            node = self.nodes[nid]
+            node = nodes[nid]
             out.append((nid, node))
-            for k, v in self.inputs(node).items():
-                # is_link inlined (this loop runs for every input of every node reached)
-                if (follow is None or k in follow) and isinstance(v, list) and len(v) == 2 \
-                        and isinstance(v[0], (str, int)) and isinstance(v[1], int):
-                    queue.append(v)
+            if follow is None:
+                queue.extend(v for _k, v in self.links(nid, node))
+            else:
+                queue.extend(v for k, v in self.links(nid, node) if k in follow)
         return out
 
 
 _SAMPLER_HINT = re.compile(r"sampler|ksampler", re.IGNORECASE)
+
+
+def _hint(pattern: re.Pattern, words: tuple[str, ...], ct: str) -> bool:
+    """``pattern.search(ct)`` for a case-insensitive alternation of ``words``; ASCII names (all real
+    ones) by substring tests on the lower-cased name (IGNORECASE also folds some non-ASCII letters)."""
+    if ct.isascii():
+        low = ct.lower()
+        return any(w in low for w in words)
+    return pattern.search(ct) is not None
 
 
 def _sampler_nodes(g: Graph) -> list[tuple[str, dict]]:
@@ -168,8 +190,11 @@ def _sampler_nodes(g: Graph) -> list[tuple[str, dict]]:
             if ct == "SamplerCustomAdvanced":
                 out.append((nid, node))
             continue
-        has_seed = any(k in ins for k in ("seed", "noise_seed"))
-        if (_SAMPLER_HINT.search(ct) and ("steps" in ins or has_seed)) or (has_seed and "steps" in ins and "cfg" in ins):
+        has_seed = "seed" in ins or "noise_seed" in ins
+        if not has_seed and "steps" not in ins:
+            continue  # neither test below can pass
+        if (("steps" in ins or has_seed) and _hint(_SAMPLER_HINT, ("sampler",), ct)) or \
+                (has_seed and "steps" in ins and "cfg" in ins):
             out.append((nid, node))
     return out
 
@@ -185,7 +210,8 @@ def _final_sampler(g: Graph, samplers: list[tuple[str, dict]]) -> tuple[str, dic
         return None
     best, best_depth = None, -1
     for nid, node in g.nodes.items():
-        if not _OUTPUT_RE.search(str(node.get("class_type", ""))) or nid in ids:
+        # "image ?saver" holds "save": an ASCII name matches when it holds "save" or "preview"
+        if nid in ids or not _hint(_OUTPUT_RE, ("save", "preview"), str(node.get("class_type", ""))):
             continue
         ups = g.upstream([nid, 0], limit=2000)
         chain = [(i, n) for i, n in ups if i in ids]
