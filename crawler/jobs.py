@@ -88,6 +88,7 @@ class Crawler:
         self.crawl_mode_ids = False
         self.outcomes: dict[int, str] = {}
         self._next_progress = 0.0
+        self._new_files: list[tuple[int, dict, str]] = []  # (id, model, host) waiting for _write_new
 
     # -- progress ---------------------------------------------------------------------------
 
@@ -111,6 +112,13 @@ class Crawler:
         self.stats.done += 1
 
     async def _saved(self, model_id: int, model: dict, host: str) -> None:
+        if not self.o.images and model_id not in self.dump.on_disk:
+            # A new file: written with the others of this event-loop iteration (see _write_new).
+            pending = self._new_files
+            if not pending:
+                asyncio.get_running_loop().call_soon(self._write_new)
+            pending.append((model_id, model, host))
+            return
         try:
             status = self.dump.save_model(model_id, model, host)
         except OSError as exc:  # disk full, permissions, a file where a folder should be: an error for this id
@@ -124,6 +132,32 @@ class Crawler:
         self._record(model_id, "ok")
         if self.o.images:
             await self._queue_images(model_id, model)
+
+    def _write_new(self) -> None:
+        """Write the new model files queued by :meth:`_saved` in this loop iteration, back to back,
+        then their log lines (one write): the file system's code runs warm, which costs about a third
+        less kernel CPU per file than one file between two network reads. Each id counts as saved
+        (and gets its downloaded.txt line) only once its file is in place; a kill loses at most the
+        ids of one iteration, which were never logged and are fetched again."""
+        pending, self._new_files = self._new_files, []
+        if not pending:
+            return
+        dump = self.dump
+        for model_id, model, host in pending:
+            try:
+                dump.write_model(model_id, model)
+            except OSError as exc:  # disk full, permissions, a file where a folder should be
+                log.error("model %d: could not write its file: %s", model_id, exc)
+                self._error(model_id, f"write failed: {exc}")
+                continue
+            except Exception:  # a bug must not lose the other ids of the batch
+                log.exception("model %d: saving failed", model_id)
+                self._error(model_id, "internal error")
+                continue
+            dump.log_saved(model_id, host)
+            self.stats.found += 1
+            self._record(model_id, "ok")
+        dump.flush_logs()
 
     def _notfound(self, model_id: int, body: object = None) -> None:
         if self.dump.mark_notfound(model_id, self.hosts, body) == "kept":
@@ -233,6 +267,7 @@ class Crawler:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            self._write_new()  # whatever the last loop iteration queued (a no-op when it already ran)
 
     # -- images -----------------------------------------------------------------------------
 
@@ -318,6 +353,7 @@ class Crawler:
             await asyncio.gather(*image_workers, return_exceptions=True)
             if self.stop.is_set():
                 self.stats.interrupted = True
+            self._write_new()
             self.dump.finish()
             if self.image_log is not None:
                 self.image_log.finish()
