@@ -98,17 +98,17 @@ _RESOLVE_ALIASES = {
 class Graph:
     def __init__(self, nodes: dict[str, Any]):
         self.nodes = nodes
-        self._links: dict[str, list[tuple[str, list]]] = {}  # node id -> its link inputs, found once
+        self._links: dict[str, tuple[list, list]] = {}  # node id -> its link inputs, found once
 
-    def links(self, nid: str, node: dict) -> list[tuple[str, list]]:
-        """(input name, link) for every input of ``node`` that is a link, in input order (cached: the
-        walks below reach the same nodes many times, and a parse never changes the graph)."""
+    def links(self, nid: str, node: dict) -> tuple[list[tuple[str, list]], list[list]]:
+        """([(input name, link)], [link]) for the inputs of ``node`` that are links, in input order (cached:
+        the walks below reach the same nodes many times, and a parse never changes the graph)."""
         found = self._links.get(nid)
         if found is None:
             ins = node.get("inputs") if node else None
-            found = [(k, v) for k, v in ins.items() if isinstance(v, list) and len(v) == 2
+            pairs = [(k, v) for k, v in ins.items() if isinstance(v, list) and len(v) == 2
                      and isinstance(v[0], (str, int)) and isinstance(v[1], int)] if isinstance(ins, dict) else []
-            self._links[nid] = found
+            found = self._links[nid] = (pairs, [v for _k, v in pairs])
         return found
 
     def node(self, link: Any) -> dict[str, Any] | None:
@@ -162,23 +162,31 @@ class Graph:
             seen.add(nid)
             node = nodes[nid]
             out.append((nid, node))
+            pairs, links = self.links(nid, node)
             if follow is None:
-                queue.extend(v for _k, v in self.links(nid, node))
-            else:
-                queue.extend(v for k, v in self.links(nid, node) if k in follow)
+                queue.extend(links)
+            elif pairs:
+                queue.extend([v for k, v in pairs if k in follow])
         return out
 
 
 _SAMPLER_HINT = re.compile(r"sampler|ksampler", re.IGNORECASE)
 
 
-def _hint(pattern: re.Pattern, words: tuple[str, ...], ct: str) -> bool:
-    """``pattern.search(ct)`` for a case-insensitive alternation of ``words``; ASCII names (all real
-    ones) by substring tests on the lower-cased name (IGNORECASE also folds some non-ASCII letters)."""
+def _is_sampler_name(ct: str) -> bool:
+    """``_SAMPLER_HINT.search(ct)``: an ASCII name (all real ones) by a substring test on the lower-cased
+    name ("ksampler" holds "sampler"; IGNORECASE also folds some non-ASCII letters, hence the regex there)."""
+    if ct.isascii():
+        return "sampler" in ct.lower()
+    return _SAMPLER_HINT.search(ct) is not None
+
+
+def _is_output_name(ct: str) -> bool:
+    """``_OUTPUT_RE.search(ct)``, the same way ("image ?saver" holds "save")."""
     if ct.isascii():
         low = ct.lower()
-        return any(w in low for w in words)
-    return pattern.search(ct) is not None
+        return "save" in low or "preview" in low
+    return _OUTPUT_RE.search(ct) is not None
 
 
 def _sampler_nodes(g: Graph) -> list[tuple[str, dict]]:
@@ -193,7 +201,7 @@ def _sampler_nodes(g: Graph) -> list[tuple[str, dict]]:
         has_seed = "seed" in ins or "noise_seed" in ins
         if not has_seed and "steps" not in ins:
             continue  # neither test below can pass
-        if (("steps" in ins or has_seed) and _hint(_SAMPLER_HINT, ("sampler",), ct)) or \
+        if (("steps" in ins or has_seed) and _is_sampler_name(ct)) or \
                 (has_seed and "steps" in ins and "cfg" in ins):
             out.append((nid, node))
     return out
@@ -210,8 +218,7 @@ def _final_sampler(g: Graph, samplers: list[tuple[str, dict]]) -> tuple[str, dic
         return None
     best, best_depth = None, -1
     for nid, node in g.nodes.items():
-        # "image ?saver" holds "save": an ASCII name matches when it holds "save" or "preview"
-        if nid in ids or not _hint(_OUTPUT_RE, ("save", "preview"), str(node.get("class_type", ""))):
+        if nid in ids or not _is_output_name(str(node.get("class_type", ""))):
             continue
         ups = g.upstream([nid, 0], limit=2000)
         chain = [(i, n) for i, n in ups if i in ids]
@@ -398,8 +405,8 @@ def _graph_resources(g: Graph, rec: dict[str, Any], ckpt: str | None) -> None:
             _add_named(rec, "upscaler", ins["model_name"], None)
             if not rec.get("hires_upscaler"):
                 rec["hires_upscaler"] = ins["model_name"]
-        # rgthree Power Lora Loader: lora_1 = {on, lora, strength}
-        for k, v in ins.items():
+        # rgthree Power Lora Loader: lora_1 = {on, lora, strength} (a C-level test first: most nodes hold no dict)
+        for k, v in (ins.items() if any(map(dict.__instancecheck__, ins.values())) else ()):
             if isinstance(v, dict) and k.lower().startswith("lora_") and isinstance(v.get("lora"), str):
                 if v.get("on") is False or v["lora"].lower() == "none":
                     continue
