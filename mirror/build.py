@@ -590,7 +590,18 @@ def link_local_images(conn: sqlite3.Connection, dump: Path) -> int:
 
 POOL_MIN_FILES = 2000  # below this, worker processes cost more than they save
 TASK_FILES = 250
-MAIN_SHARE = 0.7  # this process's slice of a parallel build, against 1.0 per extra process
+MAIN_SHARE = 0.8  # this process's slice of a parallel build, against 1.0 per extra process
+
+
+def _idle_cores() -> int:
+    """Cores not busy with other work (like ``make -l``): a slice process on a core that is already
+    taken only adds the merge to the build's time."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return cores
+    return max(1, min(cores, int(cores - busy + 1.5)))
 
 
 def _open_load_db(path: Path) -> sqlite_utils.Database:
@@ -616,8 +627,9 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
 
     ``workers``: for a fresh (or ``full``) build, extra processes that each load a slice of the
     dump into their own temporary database while this one loads the first slice; the slices are
-    then merged in SQL (None: one per further core when there are at least ``POOL_MIN_FILES``
-    files; 0: everything in this process). Incremental builds always run in this process.
+    then merged in SQL (None: one per further idle core when there are at least
+    ``POOL_MIN_FILES`` files; 0: everything in this process). Incremental builds always run in
+    this process.
     """
     dump = Path(dump)
     db_path = Path(db_path)
@@ -948,7 +960,7 @@ def _run_build(conn: sqlite3.Connection, dump: Path, summary: BuildSummary, fres
     summary.files_unchanged = len(on_disk) - len(todo)
     total = len(todo)
     if workers is None:
-        workers = (os.cpu_count() or 1) - 1 if len(todo) >= POOL_MIN_FILES else 0
+        workers = _idle_cores() - 1 if len(todo) >= POOL_MIN_FILES else 0
     workers = min(workers, max(0, len(todo) - 1))
     if fresh and workers > 0 and target is not None:
         _load_parallel(conn, dump, todo, summary, progress, workers, target)
