@@ -373,12 +373,16 @@ class Dump:
             write_atomic(path, data)
         return status
 
+    LOG_FLUSH_EVERY = 0.1  # seconds: how long a batched log line may wait for its write
+
     def batch_logs(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """From now on, lines for downloaded.txt, notfound.txt and crawled.txt are collected and
-        written once per event-loop iteration (one ``os.write`` per log for every record finished
-        in that iteration) instead of one write per record. A line is still only queued once its
-        file is in place; a kill can lose the queued lines, which leaves files without their line
-        (reported in missing.txt and fetched again) — never a line without its file."""
+        written together, at most ``LOG_FLUSH_EVERY`` seconds after the first of them (one
+        ``os.write`` per log for all), instead of one write per record: an append that grows a
+        log costs the file system about as much as a whole small file. A line is still only
+        queued once its file is in place; a kill can lose the queued lines, which leaves files
+        without their line (reported in missing.txt, fetched again and found unchanged by the
+        next run) — never a line without its file. :meth:`finish` writes what is queued."""
         self._loop = loop or asyncio.get_running_loop()
 
     def _append(self, name: str, model_id: int, cols: list[str]) -> None:
@@ -390,7 +394,7 @@ class Dump:
             return
         pending = self._pending
         if not pending:
-            self._loop.call_soon(self.flush_logs)
+            self._loop.call_later(self.LOG_FLUSH_EVERY, self.flush_logs)
         items = pending.get(name)
         if items is None:
             pending[name] = [(model_id, cols)]

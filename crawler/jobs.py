@@ -134,11 +134,11 @@ class Crawler:
             await self._queue_images(model_id, model)
 
     def _write_new(self) -> None:
-        """Write the new model files queued by :meth:`_saved` in this loop iteration, back to back,
-        then their log lines (one write): the file system's code runs warm, which costs about a third
-        less kernel CPU per file than one file between two network reads. Each id counts as saved
-        (and gets its downloaded.txt line) only once its file is in place; a kill loses at most the
-        ids of one iteration, which were never logged and are fetched again."""
+        """Write the new model files queued by :meth:`_saved` in this loop iteration back to back:
+        the file system's code runs warm, which costs about a third less kernel CPU per file than
+        one file between two network reads. Each id counts as saved, and its downloaded.txt line is
+        queued (see :meth:`Dump.batch_logs`), only once its file is in place; a kill loses queued
+        files that were never logged (fetched again by the next run) and nothing else."""
         pending, self._new_files = self._new_files, []
         if not pending:
             return
@@ -157,7 +157,6 @@ class Crawler:
             dump.log_saved(model_id, host)
             self.stats.found += 1
             self._record(model_id, "ok")
-        dump.flush_logs()
 
     def _notfound(self, model_id: int, body: object = None) -> None:
         if self.dump.mark_notfound(model_id, self.hosts, body) == "kept":
