@@ -210,7 +210,7 @@ def _split_infotext(text: str) -> tuple[str, str | None, str, dict[str, str] | N
         body = lines[:p_start]
     neg_idx = None
     for idx, line in enumerate(body):
-        if _NEG_RE.match(line):
+        if ":" in line and _NEG_RE.match(line):  # the regex needs the colon of "prompt:"
             neg_idx = idx
             break
     if neg_idx is None:
@@ -304,6 +304,13 @@ _CONTROLNET_RE = re.compile(r"controlnet(?: (\d+))?$")
 _CN_MODEL_RE = re.compile(r"Model:\s*([^,\[]+?)\s*(?:\[([0-9a-fA-F]{8,64})\])?\s*(?:,|$)")
 _CN_WEIGHT_RE = re.compile(r"Weight:\s*([-\d.]+)")
 _RESOURCE_KEY_RE = re.compile(r"^(?:addnet model |lora_|controlnet)", re.M)
+_RESOURCE_KEY_PREFIXES = ("addnet model ", "lora_", "controlnet")
+
+
+def _has_resource_key(keys: str) -> bool:
+    """``_RESOURCE_KEY_RE.search(keys)`` (a line of ``keys`` starts with a prefix) by plain substring finds."""
+    return keys.startswith(_RESOURCE_KEY_PREFIXES) or "\naddnet model " in keys or "\nlora_" in keys \
+        or "\ncontrolnet" in keys
 
 
 def detect_a1111_fork(params: dict[str, str], text: str, lower: dict[str, str] | None = None) -> str:
@@ -346,7 +353,7 @@ def add_param_resources(rec: dict[str, Any], params: dict[str, str], lower: dict
         add_resource(rec, "hypernetwork", lower["hypernet"], lower.get("hypernet hash"),
                      weight=to_float(lower.get("hypernet strength")))
     # one search over the (lower-case) key names instead of a test per key: most lines have none of these
-    for key, value in (params.items() if _RESOURCE_KEY_RE.search("\n".join(lower)) else ()):
+    for key, value in (params.items() if _has_resource_key("\n".join(lower)) else ()):
         kl = key.lower()
         if not kl.startswith(("addnet model ", "lora_", "controlnet")):
             continue  # none of the patterns below can match

@@ -215,6 +215,9 @@ _WEIGHT_RE = re.compile(r"\s*[-+]?\d*\.?\d+\s*")
 
 
 def _split_tag(body: str) -> tuple[str, list[str]]:
+    name, sep, w = body.rpartition(":")
+    if sep and ":" not in name and w.isascii() and w[-1:].isdigit() and w.replace(".", "", 1).isdigit():
+        return name, [w]  # "NAME:W" with W digits and at most one dot, not ending in it: _WEIGHT_RE takes it
     parts = body.split(":")
     # weights are the trailing numeric parts; everything before them is the name (names may hold ':')
     weights: list[str] = []
