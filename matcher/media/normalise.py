@@ -381,6 +381,7 @@ def _canon(value: Any) -> Any:
 
 
 _SCALARS = (str, int, float, bool)
+_ONLY_STR = {str}
 _FIELD_VALUES = operator.itemgetter(*FIELDS)
 
 
@@ -401,7 +402,9 @@ def _canonical_body(rec: dict[str, Any]) -> dict[str, Any]:
     else:
         body["loras"] = _canon(loras) if loras else []
     params = get("params")
-    if params:
+    if params and type(params) is dict and _ONLY_STR == set(map(type, params.values())):
+        body["params"] = params  # all str (nearly always): the copy below would equal it, order included
+    elif params:
         out = {k: v for k, v in params.items() if type(v) is str}  # almost always all of them
         for k, v in (params.items() if len(out) != len(params) else ()):
             t = type(v)
