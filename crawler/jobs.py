@@ -92,6 +92,7 @@ class Crawler:
 
     # -- progress ---------------------------------------------------------------------------
 
+    WRITE_EVERY = 0.02  # seconds a new model file may wait to be written with the others (see _write_new)
     PROGRESS_EVERY = 0.1  # seconds between progress callbacks (a bar redraws ~10 times a second anyway)
 
     def _progress(self, force: bool = False) -> None:
@@ -116,7 +117,7 @@ class Crawler:
             # A new file: written with the others of this event-loop iteration (see _write_new).
             pending = self._new_files
             if not pending:
-                asyncio.get_running_loop().call_soon(self._write_new)
+                asyncio.get_running_loop().call_later(self.WRITE_EVERY, self._write_new)
             pending.append((model_id, model, host))
             return
         try:
