@@ -10,7 +10,6 @@ import json
 import math
 import operator
 import re
-from itertools import filterfalse
 from typing import Any
 
 import orjson
@@ -345,7 +344,7 @@ def _truncate(text: str) -> tuple[str, bool]:
 
 
 def finalise(rec: dict[str, Any]) -> dict[str, Any]:
-    rec.update(dict.fromkeys(filterfalse(rec.__contains__, FIELDS)))  # the missing ones in FIELDS order, like setdefault
+    rec.update({k: None for k in FIELDS if k not in rec})  # in FIELDS order, like setdefault
     truncated = False
     for key in ("positive_raw", "negative_raw"):
         v = rec.get(key)
