@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import statistics
 import sys
@@ -70,6 +71,20 @@ def median_rates(functions: dict, items, rounds: int = 3, seconds: float = 1.5) 
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+def cpu_us_per_image(functions: dict, items, rounds: int = 15) -> dict[str, float]:
+    """Median CPU µs per image over ``rounds`` passes, the functions in turn each round (CPU time: on a shared
+    machine another process's load changes wall time far more than the CPU time these functions use)."""
+    runs: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            start = time.process_time()
+            for _ in range(5):
+                for data in items:
+                    fn(data)
+            runs[name].append((time.process_time() - start) / (5 * len(items)) * 1e6)
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
 def previous_line() -> str:
     """One line quoting the ratio this section held before this run (for the record)."""
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
@@ -93,6 +108,8 @@ def main() -> None:
     items = sample_pngs()
     rates = median_rates({"base": baseline, "ours": ours}, items)
     base, mine = rates["base"], rates["ours"]
+    cpu = cpu_us_per_image({"base": baseline, "ours": ours}, items)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     bh = statistics.median(rate(lambda d: thumbnail_and_blurhash(d), items[:4], seconds=2.0) for _ in range(3))
     text = (f"## extract ({date.today().isoformat()}, `python bench/bench_extract.py`, median of 3 interleaved runs"
             f" of 1.5 s each)\n\n"
@@ -100,6 +117,9 @@ def main() -> None:
             f" + LoRAs + resources + canonical hash), stealth off, files already in memory.\n"
             f"- bare `PIL.Image.open(...).info`: {base:,.0f} images/s; ours: {mine:,.0f} images/s;"
             f" **ratio {mine / base:.2f}** (goal ≥ 0.4).\n"
+            f"- The same in CPU time (median of 15 alternating passes): bare PIL {cpu['base']:.1f} µs/image, ours"
+            f" {cpu['ours']:.1f} µs/image, ratio {cpu['base'] / cpu['ours']:.2f}. Load average at the run: {load}"
+            f" (2 cores shared).\n"
             f"- BlurHash + 256 px WebP thumbnail: {bh:,.1f} images/s (decode of the full PNG dominates).\n"
             + "".join(f"- {note}\n" for note in args.note)
             + f"{previous_line()}\n")
