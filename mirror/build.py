@@ -22,7 +22,9 @@ Documents found in a dump are classified by ``parse_document``:
 
 Incremental by default: ``_sources`` remembers each file's size and mtime, so a second build only
 reads new or changed files and re-derives the models they touch. ``full=True`` rebuilds into a
-temporary file and swaps it in with ``os.replace``.
+temporary file and swaps it in with ``os.replace``. A fresh build of a big dump uses the idle
+cores: each extra process loads a slice of the files into its own temporary SQLite file, and the
+slices are merged in SQL (``_load_parallel``); the result is the serial build's database.
 """
 from __future__ import annotations
 

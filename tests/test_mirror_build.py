@@ -305,3 +305,6 @@ def test_worker_processes_build_the_same_rows(tmp_path):
     with sqlite3.connect(pooled) as conn:  # no stale entries left by the merge
         conn.execute("INSERT INTO models_fts(models_fts, rank) VALUES('integrity-check', 1)")
     assert not list(tmp_path.glob("pooled.sqlite.*"))  # slice files removed
+    again = build_mirror(dump, pooled)  # the merged _sources make the next build incremental
+    assert (again.files_read, again.files_unchanged, again.errors, again.models_rebuilt) == (
+        0, b.files_read + len(b.errors) - 1, b.errors, 0)  # only the broken file is tried again
