@@ -347,11 +347,7 @@ class Dump:
         received, so a list item of batch mode and a ``/models/{id}`` answer give the same file."""
         data = dumps(model)
         if model_id not in self.on_disk:  # the usual case: a new file, nothing to compare or keep
-            if _DIR_FD:
-                write_atomic_at(self._block_fd(model_id), f"{model_id:08d}.json", data)
-            else:
-                write_atomic(self._model_file(model_id), data)
-            self.on_disk.add(model_id)
+            self.write_new(model_id, data)
             return "saved"
         # known from the walk at load, or saved earlier in this run
         path = self._model_file(model_id)
@@ -374,6 +370,14 @@ class Dump:
         return status
 
     LOG_FLUSH_EVERY = 0.1  # seconds: how long a batched log line may wait for its write
+
+    def write_new(self, model_id: int, data: bytes) -> None:
+        """Write the file of a model that has none yet (``data``: its :func:`dumps`), atomically."""
+        if _DIR_FD:
+            write_atomic_at(self._block_fd(model_id), f"{model_id:08d}.json", data)
+        else:
+            write_atomic(self._model_file(model_id), data)
+        self.on_disk.add(model_id)
 
     def batch_logs(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """From now on, lines for downloaded.txt, notfound.txt and crawled.txt are collected and

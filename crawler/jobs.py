@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from crawler import api
 from crawler.client import CivitaiClient, host_of, parse_json_body
-from crawler.dump import Dump, ImageLog, image_path, model_path
+from crawler.dump import Dump, ImageLog, dumps, image_path, model_path
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Crawler:
         self.crawl_mode_ids = False
         self.outcomes: dict[int, str] = {}
         self._next_progress = 0.0
-        self._new_files: list[tuple[int, dict, str]] = []  # (id, model, host) waiting for _write_new
+        self._new_files: list[tuple[int, bytes, str]] = []  # (id, file bytes, host) waiting for _write_new
 
     # -- progress ---------------------------------------------------------------------------
 
@@ -118,7 +118,7 @@ class Crawler:
             pending = self._new_files
             if not pending:
                 asyncio.get_running_loop().call_later(self.WRITE_EVERY, self._write_new)
-            pending.append((model_id, model, host))
+            pending.append((model_id, dumps(model), host))  # serialised now, while the model is in the CPU's cache
             return
         try:
             status = self.dump.save_model(model_id, model, host)
@@ -144,9 +144,9 @@ class Crawler:
         if not pending:
             return
         dump = self.dump
-        for model_id, model, host in pending:
+        for model_id, data, host in pending:
             try:
-                dump.write_model(model_id, model)
+                dump.write_new(model_id, data)
             except OSError as exc:  # disk full, permissions, a file where a folder should be
                 log.error("model %d: could not write its file: %s", model_id, exc)
                 self._error(model_id, f"write failed: {exc}")
