@@ -341,11 +341,19 @@ indexes 0.44 s + FTS ≈ 0.4 s (inside the worker's time); merge 1.44 s (FTS of 
 0.5–0.8 s, models_tags 0.3 s, file_hashes 0.25 s); counts/ANALYZE/commit 0.4 s. Total 7.1 s.
 
 CPU of the main process (≈ the wall time when the 2nd core is free), interleaved runs on the same
-dump: serial 8.7–11.2 s → parallel 6.0–7.8 s (worker 4.1–5.6 s). Total CPU rises by about the
-merge (+1.5–2.5 s). With the cores taken by the neighbours (load 2.4–3.2, 4 engineers on 2 cores)
-the parallel build's wall time was *worse* (median 16.2 s vs 14.2 s serial), hence the idle-core
-rule. So the wall ratio now depends on the machine: ≈ 6–7× the parse with a free core, ≈ 10–12×
-when the box is saturated; the ≤ 4 goal is not met.
+dump: serial 8.1–11.6 s → parallel 6.0–7.8 s (worker 4.1–5.6 s). Total CPU rises by at most the
+merge (+0–2.5 s). With the cores taken by the neighbours the parallel build's wall time can be
+worse: one `--compare-with` run at load 2.4–3.2 gave a median 16.2 s parallel vs 14.2 s serial,
+the run in the table above (load 2.0–2.9) 9.2 s vs 10.7 s; hence the idle-core rule. So the wall
+ratio depends on the machine: ≈ 6–8× the parse with a free core (main-process CPU 5.9× at 20k,
+7.7× at 100k models), ≈ 8–15× when the box is
+saturated; the ≤ 4 goal is not met.
+
+100k models (the issue's size; 527 MB dump, 1.96 GB database; one round, load ≈ 2–3,
+`--models 100000 --rounds 1 --workers 1 --workers 0 --no-results`): parse 4.0 s; build
+workers=1 46.1 s wall / 50.5 s CPU / 30.9 s main-process CPU (ratios 11.55 / 12.66 / 7.74);
+workers=0 45.4 s / 45.0 s (11.36 / 11.27); default (serial under that load) 59.4 s / 52.3 s
+(14.87 / 13.12). Incremental no-op build 0.97 s. Lookup 35 µs at 1k vs 52 µs at 1M files (1.50).
 
 Where the serial CPU goes (per 20k models, quiet, no profiler): read + `parse_document` 1.4 s
 (orjson 0.9 s: the baseline), `derive_model` 2.1 s, of which `html_to_text` 0.57 s (38 MB of
