@@ -162,10 +162,12 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+_JSON_STARTS = (b"{", b"[")
+
+
 def parse_json_body(body: bytes) -> Any:
     """Parse a JSON body; an HTML page or a cut-off body raises :class:`Invalid`."""
-    head = body[:200].lstrip().lower()
-    if head.startswith(b"<"):
+    if body[:1] not in _JSON_STARTS and body[:200].lstrip().startswith(b"<"):
         raise Invalid("html page instead of JSON")
     try:
         return orjson.loads(body)
@@ -206,8 +208,7 @@ class CivitaiClient:
         # Per API base: its host (for Response.host) and its parts in encoded form, for
         # :meth:`api_url` (no parsing or percent-encoding pass per request).
         self.hosts = {b: host_of(b) for b in self.api_bases}
-        self._base_parts = {b: (u.scheme, u.raw_authority, u.raw_path.rstrip("/"))
-                            for b, u in ((b, URL(b)) for b in self.api_bases)}
+        self._base_urls = {b: (u, u.raw_path.rstrip("/")) for b, u in ((b, URL(b)) for b in self.api_bases)}
         self._api_key = api_key or None
         self.threads = max(1, threads)
         self.retries = max(0, retries)
@@ -329,8 +330,8 @@ class CivitaiClient:
         """``base + path`` as a ready ``yarl.URL``; ``path`` (like ``/models/123``) must be
         percent-encoded already. Built from the base's parts parsed once: aiohttp would otherwise
         parse and percent-encode the string URL of every request."""
-        scheme, authority, prefix = self._base_parts[base]
-        return URL.build(scheme=scheme, authority=authority, path=prefix + path, encoded=True)
+        url, prefix = self._base_urls[base]
+        return url.with_path(prefix + path, encoded=True)  # ~1.5 us; URL(str) ~6 us, URL.build ~2.5 us
 
     async def _attempt(self, result: Response, method: str, url: str | URL, params: dict | None, json: Any,
                        validate: Callable[[Any], Any] | None) -> Response:
