@@ -74,7 +74,7 @@ class NotFound(Exception):
 RETRY_EXCEPTIONS = (Retryable, aiohttp.ClientError, asyncio.TimeoutError)
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     url: str | URL  # as given to the request
     outcome: str  # ok | notfound | error
@@ -119,16 +119,21 @@ class RateLimiter:
         self.penalty = 0.0
         self.paused_until = 0.0
         self.next_slot = 0.0
+        self.engaged = bool(self.base_interval)  # see busy()
 
     @property
     def interval(self) -> float:
         return max(self.base_interval, self.penalty)
 
     def busy(self) -> bool:
-        """Whether :meth:`acquire` may have to wait (no interval, no pause: it would return at once)."""
-        return bool(self.base_interval or self.penalty) or time.monotonic() < max(self.paused_until, self.next_slot)
+        """Whether :meth:`acquire` may have to wait (no interval, no pause: it would return at once).
+        ``engaged`` stays False until a rate cap, a pause or a slot exists, so the check costs one
+        attribute read on the path of every request of an unthrottled crawl."""
+        return self.engaged and (bool(self.base_interval or self.penalty)
+                                 or time.monotonic() < max(self.paused_until, self.next_slot))
 
     async def acquire(self) -> None:
+        self.engaged = True
         while True:
             now = time.monotonic()
             start = max(now, self.paused_until, self.next_slot)
@@ -139,6 +144,7 @@ class RateLimiter:
                 return
 
     def too_many_requests(self, wait: float) -> None:
+        self.engaged = True
         self.paused_until = max(self.paused_until, time.monotonic() + wait)
         self.penalty = min(max(self.penalty * 2, 0.05), 2.0)
 
@@ -340,7 +346,7 @@ class CivitaiClient:
         if result.attempts > 1:
             self.stats.retries += 1
         limiter = self.limiter
-        if limiter.busy():
+        if limiter.engaged and limiter.busy():
             await limiter.acquire()
         self.stats.requests += 1
         async with self.session.request(method, url, params=params, json=json) as resp:

@@ -144,6 +144,8 @@ class Crawler:
         if not pending:
             return
         dump = self.dump
+        stats = self.stats
+        outcomes = self.outcomes
         for model_id, data, host in pending:
             try:
                 dump.write_new(model_id, data)
@@ -156,8 +158,12 @@ class Crawler:
                 self._error(model_id, "internal error")
                 continue
             dump.log_saved(model_id, host)
-            self.stats.found += 1
-            self._record(model_id, "ok")
+            stats.found += 1
+            if self.crawl_mode_ids:
+                self._record(model_id, "ok")
+            else:  # _record inlined: the path of every saved id
+                outcomes[model_id] = "ok"
+                stats.done += 1
 
     def _notfound(self, model_id: int, body: object = None) -> None:
         if self.dump.mark_notfound(model_id, self.hosts, body) == "kept":
@@ -203,6 +209,7 @@ class Crawler:
         Future is made per id (a bounded queue makes one per ``put`` and ``get`` that waits)."""
         stop = self.stop
         one = self._one
+        on_progress = self.on_progress
         while not stop.is_set():
             unit = next(units, None)
             if unit is None:
@@ -220,7 +227,8 @@ class Crawler:
                     for model_id in unit if isinstance(unit, list) else [unit]:
                         if model_id not in self.outcomes:
                             self._error(model_id, "internal error")
-            self._progress()
+            if on_progress:  # (the final call of run() reports the end state in any case)
+                self._progress()
 
     # -- selecting ids ----------------------------------------------------------------------
 
