@@ -244,3 +244,41 @@ def test_max_rps_and_threads_are_accepted(fake, tmp_path):
 def test_user_mistakes_are_one_line(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["crawl", "-o", str(tmp_path / "d"), *args])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_batched_file_and_log_writes_are_complete_when_a_pass_ends(fake, tmp_path, monkeypatch):
+    """New files wait to be written together and log lines wait to be appended together; however
+    long the wait, each pass (and the run) ends with every file in place and every line written,
+    and the upward probe sees the outcomes of the window it just fetched."""
+    from crawler.dump import Dump
+    from crawler.jobs import Crawler
+
+    monkeypatch.setattr(Crawler, "WRITE_EVERY", 60.0)
+    monkeypatch.setattr(Dump, "LOG_FLUSH_EVERY", 60.0)
+    out = tmp_path / "d"
+    fake.add_models([make_model(60)])
+    fake.script("/api/v1/models?sort=Newest&limit=100&nsfw=true&archived=true", [500] * 10)
+    summary = run_crawl(fake, out, "--start", "1", "--end", "30", "--crawl", "--per-id", "--threads", "4",
+                        "--stop-after", "40")
+    downloaded = log_ids(out, "downloaded.txt")
+    assert sorted(downloaded) == [i for i in range(1, 31) if i % 3] + [60]
+    assert sorted(int(p.stem) for p in out.glob("[0-9]*/*.json")) == sorted(downloaded)
+    crawled = log_ids(out, "crawled.txt")
+    assert 60 + 40 - 1 <= max(crawled) < 60 + 40 + 4  # the probe saw 60 saved, then counted 40 misses
+    assert summary["found"] == 21 and (out / "missing.txt").read_text() == ""
+    assert not list(out.rglob("*.part"))
+
+
+@pytest.mark.parametrize("base, expected", [
+    ("https://civitai.com/api/v1", "https://civitai.com/api/v1/models/5"),
+    ("http://127.0.0.1:8080/api/v1/", "http://127.0.0.1:8080/api/v1/models/5"),
+    ("https://example.org/a b/v1", "https://example.org/a%20b/v1/models/5"),
+    ("https://civitai.com", "https://civitai.com/models/5"),
+])
+def test_api_url_is_the_base_plus_the_path(base, expected):
+    from crawler.client import CivitaiClient
+
+    client = CivitaiClient([base])
+    url = client.api_url(client.api_bases[0], "/models/5")
+    assert str(url) == expected
+    assert client.hosts[client.api_bases[0]] == url.raw_authority
