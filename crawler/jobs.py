@@ -114,7 +114,7 @@ class Crawler:
 
     async def _saved(self, model_id: int, model: dict, host: str) -> None:
         if not self.o.images and model_id not in self.dump.on_disk:
-            # A new file: written with the others of this event-loop iteration (see _write_new).
+            # A new file: written together with the others of the next WRITE_EVERY seconds (see _write_new).
             pending = self._new_files
             if not pending:
                 asyncio.get_running_loop().call_later(self.WRITE_EVERY, self._write_new)
@@ -135,9 +135,9 @@ class Crawler:
             await self._queue_images(model_id, model)
 
     def _write_new(self) -> None:
-        """Write the new model files queued by :meth:`_saved` in this loop iteration back to back:
-        the file system's code runs warm, which costs about a third less kernel CPU per file than
-        one file between two network reads. Each id counts as saved, and its downloaded.txt line is
+        """Write the new model files queued by :meth:`_saved` (at most ``WRITE_EVERY`` seconds ago)
+        back to back: the file system's code runs warm, which costs about a third less kernel CPU
+        per file than one file between two network reads. Each id counts as saved, and its downloaded.txt line is
         queued (see :meth:`Dump.batch_logs`), only once its file is in place; a kill loses queued
         files that were never logged (fetched again by the next run) and nothing else."""
         pending, self._new_files = self._new_files, []
@@ -223,6 +223,7 @@ class Crawler:
                     await self._queue_images(unit[0], None)
             except Exception:  # a bug must not stop the pool; log it and record the ids as errors
                 log.exception("crawl of %s failed", unit)
+                self._write_new()  # ids of the unit already queued for writing get their outcome first
                 if not isinstance(unit, tuple):
                     for model_id in unit if isinstance(unit, list) else [unit]:
                         if model_id not in self.outcomes:
