@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from crawler.client import CivitaiClient, Invalid, NotFound, Response
 
@@ -165,22 +165,28 @@ def model_images(model: dict) -> Iterable[dict]:
 # -- fetchers ----------------------------------------------------------------------------------
 
 
-async def fetch_model(client: CivitaiClient, model_id: int) -> Response:
+def fetch_model(client: CivitaiClient, model_id: int) -> Awaitable[Response]:
     """``GET /models/{id}`` on each API base in turn; not found only when every host says 404.
+    Use as ``await fetch_model(client, model_id)``.
 
     The Response's ``host`` is the host that answered; on ``error`` its ``reason`` is the last
-    host's reason."""
+    host's reason. With one API base (the usual case, the path of every id of a per-id crawl) this
+    returns the client's request coroutine itself: one coroutine frame less to resume per id."""
     def validate(data: Any) -> dict:
         return check_model(data, model_id)
 
     bases = client.api_bases
-    if len(bases) == 1:  # the usual case, the path of every id of a per-id crawl
+    if len(bases) == 1:
         base = bases[0]
-        return await client.request("GET", client.api_url(base, f"/models/{model_id}"), validate=validate,
-                                    host=client.hosts[base])
+        return client.request("GET", client.api_url(base, f"/models/{model_id}"), validate=validate,
+                              host=client.hosts[base])
+    return _fetch_model_hosts(client, model_id, validate)
+
+
+async def _fetch_model_hosts(client: CivitaiClient, model_id: int, validate: Callable[[Any], dict]) -> Response:
     last: Response | None = None
     saw_error: Response | None = None
-    for base in bases:
+    for base in client.api_bases:
         resp = await client.request("GET", client.api_url(base, f"/models/{model_id}"), validate=validate,
                                     host=client.hosts[base])
         if resp.outcome == "ok":
