@@ -211,8 +211,8 @@ class CivitaiClient:
         sleep_429: float = 30.0,
     ):
         self.api_bases = [b.rstrip("/") for b in (api_bases or [DEFAULT_API_BASE])]
-        # Per API base: its host (for Response.host) and its parts in encoded form, for
-        # :meth:`api_url` (no parsing or percent-encoding pass per request).
+        # Per API base: its host (for Response.host) and its parsed URL with the path prefix,
+        # for :meth:`api_url` (no parsing or percent-encoding pass per request).
         self.hosts = {b: host_of(b) for b in self.api_bases}
         self._base_urls = {b: (u, u.raw_path.rstrip("/")) for b, u in ((b, URL(b)) for b in self.api_bases)}
         self._api_key = api_key or None
