@@ -77,6 +77,17 @@ def dumps(data: object) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
 
 
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    n = os.write(fd, data)
+    if n < len(data):  # a short write (full disk returns an error instead; a signal may cut it)
+        view = memoryview(data)[n:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
 def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
     """``path.part`` then ``os.replace``: the final name only ever holds a complete file.
 
@@ -86,16 +97,13 @@ def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
     the first open says it is missing (no check per file)."""
     path = os.fspath(path)
     part = path + ".part"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
     try:  # os-level calls: a buffered file object per file costs more than the write itself
-        fd = os.open(part, flags, 0o666)
+        fd = os.open(part, _NEW_FILE, 0o666)
     except FileNotFoundError:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(part, flags, 0o666)
+        fd = os.open(part, _NEW_FILE, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
         if fsync:
             os.fsync(fd)
     finally:
@@ -107,7 +115,6 @@ def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
 _DIR_FD = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _MAX_BLOCK_FDS = 4
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
 
 
 def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
@@ -115,11 +122,7 @@ def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
     part = name + ".part"
     fd = os.open(part, _NEW_FILE, 0o666, dir_fd=dir_fd)
     try:
-        n = os.write(fd, data)
-        if n < len(data):  # a short write (full disk returns an error instead; a signal may cut it)
-            view = memoryview(data)[n:]
-            while view:
-                view = view[os.write(fd, view):]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     os.replace(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -176,9 +179,7 @@ class LogFile:
         with self._lock:
             if self._fd is None:
                 self._fd = self._open()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            _write_all(self._fd, data)
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: the torn-end check
