@@ -246,7 +246,7 @@ def hash_file(
         want_autov1 = "autov1" in needed
 
         if mapped is None:
-            mapped = size >= MAPPED_MIN_SIZE and threaded is not False and bool(jobs)
+            mapped = size >= MAPPED_MIN_SIZE and threaded is not False
         digests = _hash_mapped(path, offset, size, jobs, progress) if mapped and jobs else None
         if digests is not None:
             autov1_parts = [os.pread(handle.fileno(), AUTOV1_LENGTH, offset + AUTOV1_OFFSET)] if want_autov1 else []
@@ -345,55 +345,58 @@ def _mapped_digests(path: str, offset: int, size: int, jobs: list, report: Calla
     with open(path, "rb", buffering=0) as handle:
         if os.fstat(handle.fileno()).st_size != offset + size:
             raise FileChangedError(f"{path} changed size before it was hashed")
-        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        if hasattr(mapping, "madvise"):
-            mapping.madvise(mmap.MADV_SEQUENTIAL)
-        view = memoryview(mapping)
-        end = offset + size
-        steps = [(lo, min(end, lo + MAPPED_CHUNK_SIZE)) for lo in range(offset, end, MAPPED_CHUNK_SIZE)]
-        hashers = [(name, kind, _new_hasher(kind), offset + start) for name, kind, start in jobs]
-        done = iter(steps)
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+            digests = _hash_mapping(mapping, offset, size, jobs, report)
+        if os.fstat(handle.fileno()).st_size != offset + size:
+            raise FileChangedError(f"{path} changed size while it was read")
+    return digests
 
-        def step_done() -> None:
-            lo, hi = next(done)
-            report(hi - lo)
 
-        barrier = threading.Barrier(len(hashers), action=step_done) if len(hashers) > 1 else None
-        failures: list[BaseException] = []
+def _hash_mapping(mapping: mmap.mmap, offset: int, size: int, jobs: list,
+                  report: Callable[[int], None]) -> dict[str, str]:
+    """Every job hashes its range of ``mapping``, one thread each, in step every chunk."""
+    if hasattr(mapping, "madvise"):
+        mapping.madvise(mmap.MADV_SEQUENTIAL)
+    view = memoryview(mapping)
+    end = offset + size
+    steps = [(lo, min(end, lo + MAPPED_CHUNK_SIZE)) for lo in range(offset, end, MAPPED_CHUNK_SIZE)]
+    hashers = [(name, kind, _new_hasher(kind), offset + start) for name, kind, start in jobs]
+    done = iter(steps)
 
-        def run(hasher: Any, first: int) -> None:
-            try:
-                for lo, hi in steps:
-                    lo = max(lo, first)
-                    if lo < hi:
-                        hasher.update(view[lo:hi])
-                    if barrier is not None:
-                        barrier.wait()
-                    else:
-                        step_done()
-            except threading.BrokenBarrierError:
-                pass
-            except BaseException as exc:  # pragma: no cover - hashers do not fail
-                failures.append(exc)
+    def step_done() -> None:
+        lo, hi = next(done)
+        report(hi - lo)
+
+    barrier = threading.Barrier(len(hashers), action=step_done) if len(hashers) > 1 else None
+    failures: list[BaseException] = []
+
+    def run(hasher: Any, first: int) -> None:
+        try:
+            for lo, hi in steps:
+                lo = max(lo, first)
+                if lo < hi:
+                    hasher.update(view[lo:hi])
                 if barrier is not None:
-                    barrier.abort()
+                    barrier.wait()
+                else:
+                    step_done()
+        except threading.BrokenBarrierError:
+            pass
+        except BaseException as exc:  # pragma: no cover - hashers do not fail
+            failures.append(exc)
+            if barrier is not None:
+                barrier.abort()
 
-        threads = [threading.Thread(target=run, args=(h, first), name="mapped-hash") for _, _, h, first in hashers[1:]]
-        for thread in threads:
-            thread.start()
-        run(hashers[0][2], hashers[0][3])
-        for thread in threads:
-            thread.join()
-        view.release()
-        if failures:
-            raise failures[0]
-        with open(path, "rb", buffering=0) as handle:
-            if os.fstat(handle.fileno()).st_size != offset + size:
-                raise FileChangedError(f"{path} changed size while it was read")
-        return {name: _digest(kind, hasher) for name, kind, hasher, _ in hashers}
-    finally:
-        mapping.close()
+    threads = [threading.Thread(target=run, args=(h, first), name="mapped-hash") for _, _, h, first in hashers[1:]]
+    for thread in threads:
+        thread.start()
+    run(hashers[0][2], hashers[0][3])
+    for thread in threads:
+        thread.join()
+    view.release()
+    if failures:
+        raise failures[0]
+    return {name: _digest(kind, hasher) for name, kind, hasher, _ in hashers}
 
 
 def _serve_mapped() -> None:
@@ -480,15 +483,11 @@ def _hash_mapped(path: str | os.PathLike, offset: int, size: int, jobs: list,
             _helpers_broken = True
             return None
     try:
-        digests = helper.hash(os.fspath(path), offset, size, [list(job) for job in jobs], progress)
-    except BaseException:
-        if helper.process.poll() is None:  # an answered error: the helper is fine
+        return helper.hash(os.fspath(path), offset, size, [list(job) for job in jobs], progress)
+    finally:
+        if helper.process.poll() is None:  # answered (digests or an error): reuse it; a dead one is dropped
             with _helpers_lock:
                 _idle_helpers.append(helper)
-        raise
-    with _helpers_lock:
-        _idle_helpers.append(helper)
-    return digests
 
 
 @atexit.register
