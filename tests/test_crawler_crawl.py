@@ -270,10 +270,10 @@ def test_batched_file_and_log_writes_are_complete_when_a_pass_ends(fake, tmp_pat
 
 
 @pytest.mark.parametrize("base, expected", [
-    ("https://civitai.com/api/v1", "https://civitai.com/api/v1/models/5"),
+    ("https://api.example.org/api/v1", "https://api.example.org/api/v1/models/5"),
     ("http://127.0.0.1:8080/api/v1/", "http://127.0.0.1:8080/api/v1/models/5"),
     ("https://example.org/a b/v1", "https://example.org/a%20b/v1/models/5"),
-    ("https://civitai.com", "https://civitai.com/models/5"),
+    ("https://api.example.org", "https://api.example.org/models/5"),
 ])
 def test_api_url_is_the_base_plus_the_path(base, expected):
     from crawler.client import CivitaiClient
