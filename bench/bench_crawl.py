@@ -233,7 +233,7 @@ def summarise(rounds):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ids", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--dir", action="append", default=[],
                         help="a folder to put the dumps in (repeatable: one row each; the first journaled "
                              "disk is the headline row)")
