@@ -106,8 +106,7 @@ class Graph:
         found = self._links.get(nid)
         if found is None:
             ins = node.get("inputs") if node else None
-            pairs = [(k, v) for k, v in ins.items() if isinstance(v, list) and len(v) == 2
-                     and isinstance(v[0], (str, int)) and isinstance(v[1], int)] if isinstance(ins, dict) else []
+            pairs = [(k, v) for k, v in ins.items() if is_link(v)] if isinstance(ins, dict) else []
             found = self._links[nid] = (pairs, [v for _k, v in pairs])
         return found
 

@@ -149,12 +149,7 @@ def read_png(data: bytes, c: Containers) -> None:
             if k < 0:
                 c.texts[data[body_start:body_end].decode("latin-1")] = ""
                 continue
-            value = data[k + 1:body_end].rstrip(b"\x00")
-            try:  # decode_latin1_or_utf8, inline
-                text = value.decode("utf-8")
-            except UnicodeDecodeError:
-                text = value.decode("latin-1")
-            c.texts[data[body_start:k].decode("latin-1")] = text
+            c.texts[data[body_start:k].decode("latin-1")] = decode_latin1_or_utf8(data[k + 1:body_end])
             continue
         if ctype == b"IHDR" and length >= 13:
             c.width, c.height = _IHDR_SIZE.unpack_from(data, body_start)

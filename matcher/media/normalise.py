@@ -113,17 +113,8 @@ _KIND_BY_LEN = {8: "AutoV1", 10: "AutoV2", 12: "AutoV3", 64: "SHA256"}
 
 
 def clean_hash(h: Any) -> str | None:
-    if not isinstance(h, str) or not h.strip():
-        return None
-    s = h.strip()
-    low = s.lower()
-    if low.startswith("blake3:"):
-        s = s[7:]
-    elif low.startswith("0x"):
-        s = s[2:]
-    if not _HEX.match(s):
-        return None
-    return s.upper()
+    """Upper-case hex without a ``blake3:``/``0x`` prefix; None when ``h`` is not a hash."""
+    return _hash_and_kind(h)[0] if isinstance(h, str) else None
 
 
 def _hash_and_kind(h: str) -> tuple[str | None, str | None]:
@@ -169,15 +160,10 @@ def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: f
                  source: str | None = None) -> None:
     """Add or merge one referenced resource (same kind and normalised name, or same hash)."""
     name = str(name).strip() if name not in (None, "") else None
-    if type(h) is str:
+    if isinstance(h, str):
         h, kind_of = _hash_and_kind(h)
         if hash_kind and h is not None:
             kind_of = hash_kind
-    elif isinstance(h, str):
-        kind_of = hash_kind or hash_kind_of(h)
-        h = clean_hash(h)
-        if h is None:
-            kind_of = None
     else:
         h = kind_of = None
     if not name and not h and not version_id:
