@@ -395,7 +395,7 @@ class Dump:
         here (not batching) or once for all lines of a batch when it is written."""
         if self._loop is None:
             cols[-1] = utc_now()
-            self._log(name).write_lines(["%08d\t%s\n" % (model_id, "\t".join(cols))])
+            self._log(name).write_lines([self._line(model_id, cols) + "\n"])
             return
         pending = self._pending
         if not pending:
@@ -418,7 +418,7 @@ class Dump:
             lines = []
             for model_id, cols in items:
                 cols[-1] = now
-                lines.append("%08d\t%s\n" % (model_id, "\t".join(cols)))
+                lines.append(self._line(model_id, cols) + "\n")
             try:
                 self._log(name).write_lines(lines)
             except OSError as exc:
@@ -432,7 +432,7 @@ class Dump:
         """Append the downloaded.txt line — only once the file is in place."""
         cols = self.downloaded[model_id] = [host, ""]
         self._append("downloaded.txt", model_id, cols)
-        self.errors.pop(model_id, None)  # resolved
+        self._resolved(model_id)
 
     def keep_beside(self, model_id: int, data: bytes, why: str) -> Path:
         """Save a worse answer as ``<id>.<UTC>.json`` beside the good copy and log it in history.txt."""
