@@ -606,6 +606,12 @@ def _idle_cores() -> int:
     return max(1, min(cores, int(cores - busy + 1.5)))
 
 
+def _index_loaded(db: sqlite_utils.Database) -> None:
+    """After a bulk load into :func:`_open_load_db`: the secondary indexes, then the full-text index."""
+    apply_schema(db, CIVITAI_SCHEMA)
+    db.conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+
+
 def _open_load_db(path: Path) -> sqlite_utils.Database:
     """A new database file to bulk-load into: no journal, no fsync, no secondary indexes yet."""
     db = sqlite_utils.Database(str(path))
@@ -653,8 +659,7 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     try:
         indexed = _run_build(conn, dump, summary, fresh, progress, workers, target)
         if fresh and not indexed:
-            apply_schema(db, CIVITAI_SCHEMA)  # the secondary indexes
-            conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+            _index_loaded(db)
         conn.execute("UPDATE creators SET model_count = "
                      "(SELECT count(*) FROM models WHERE models.username = creators.username)")
         summary.local_images = link_local_images(conn, dump)
@@ -894,9 +899,7 @@ def _load_parallel(conn: sqlite3.Connection, dump: Path, todo: list, summary: Bu
                 progress(done + sum(c[2].value for c in children), total)
 
         _load_files(conn, dump, slices[0], summary, True, frozenset(), set(), report)
-        # while the others still load: secondary indexes and the full-text index of this slice
-        apply_schema(sqlite_utils.Database(conn), CIVITAI_SCHEMA)
-        conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+        _index_loaded(sqlite_utils.Database(conn))  # this slice's, while the others still load
         conn.commit()
         writer = _Writer(conn, summary, fresh=False)  # keeps models_fts in step from here on
         both: list[int] = []
@@ -914,8 +917,7 @@ def _load_parallel(conn: sqlite3.Connection, dump: Path, todo: list, summary: Bu
             summary.models_rebuilt += result.models_rebuilt
             both.extend(_merge_part(writer, path, summary))
             path.unlink()
-            if progress:
-                report(len(slices[0]))
+            report(len(slices[0]))
         _rederive(writer, sorted(set(both)))
     finally:
         for proc, path, _counter, receive in children:
