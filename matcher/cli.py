@@ -863,8 +863,7 @@ def legacy(scan_dirs, extract_metadata, process_orphaned, dry_run, force_rescan,
         for root in roots:
             if not os.path.isdir(root):
                 raise click.ClickException(f"{root} is not a folder")
-        summary = scan_library(db, roots, force_rescan=force_rescan,
-                                                       max_file_size=config.max_file_size)
+        summary = scan_library(db, roots, force_rescan=force_rescan, max_file_size=config.max_file_size)
         click.echo(f"scan: {summary.get('files', 0)} files, {summary.get('new', 0)} new, "
                    f"{summary.get('errors', 0)} errors")
     if extract_metadata:
