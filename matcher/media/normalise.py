@@ -95,30 +95,12 @@ def set_size(rec: dict[str, Any], value: Any) -> None:
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
-def hash_kind_of(h: str | None) -> str | None:
-    """Hash kind from its shape: 8 AutoV1, 10 AutoV2, 12 AutoV3, 64 SHA256, blake3: BLAKE3, 0x+64 AutoV3 (SwarmUI)."""
-    if not h:
-        return None
-    s = h.strip()
-    if s.lower().startswith("blake3:"):
-        return "BLAKE3"
-    if s.lower().startswith("0x") and len(s) == 66:
-        return "AutoV3"
-    if not _HEX.match(s):
-        return None
-    return _KIND_BY_LEN.get(len(s))
-
-
 _KIND_BY_LEN = {8: "AutoV1", 10: "AutoV2", 12: "AutoV3", 64: "SHA256"}
 
 
-def clean_hash(h: Any) -> str | None:
-    """Upper-case hex without a ``blake3:``/``0x`` prefix; None when ``h`` is not a hash."""
-    return _hash_and_kind(h)[0] if isinstance(h, str) else None
-
-
 def _hash_and_kind(h: str) -> tuple[str | None, str | None]:
-    """``(clean_hash(h), hash_kind_of(h))``, the kind None when the hash is, in one pass over ``h``."""
+    """The hash as upper-case hex without a ``blake3:``/``0x`` prefix (None when it is not hex), and its
+    kind from its shape: 8 AutoV1, 10 AutoV2, 12 AutoV3, 64 SHA256, blake3: BLAKE3, 0x+64 AutoV3 (SwarmUI)."""
     s = h.strip()
     if not s:
         return None, None
