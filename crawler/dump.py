@@ -40,22 +40,6 @@ _BLOCK = re.compile(r"^\d{8,}$")
 _MODEL_FILE = re.compile(r"^(\d{8,})\.json$")
 
 
-_second: list = [-1, ""]  # the last second formatted by utc_now, and its text
-
-
-def utc_now(_time_ns=time.time_ns, _second=_second) -> str:
-    """UTC time like ``2026-11-22T01:02:03.456789Z`` (the formatted second is cached)."""
-    sec, us = divmod(_time_ns() // 1000, 1_000_000)
-    if _second[0] != sec:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        _second[0] = sec
-    return "%s%06dZ" % (_second[1], us)
-
-
-def utc_stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
 def pad(n: int) -> str:
     return f"{n:08d}"
 

@@ -1,6 +1,6 @@
 """The one hashing function: every Civitai hash type of a file in one read pass.
 
-Definitions (see ../shared/reference/civitai-api.md §2; every hex string upper-case):
+Definitions (Civitai's, as its API and site compute them; every hex string upper-case):
 
 * ``SHA256``: sha256 of the whole file; ``AutoV2`` = ``SHA256[:10]``.
 * ``AutoV1``: ``sha256(file[0x100000:0x110000])[:8]``, ``None`` when the file is under 2 MiB (Civitai's
@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterable
 
 import blake3
 
+from mirror.hashes import EMPTY_SHA256
+
 try:  # ISA-L's crc32 (carry-less multiply) is ~10x zlib's; same CRC-32, same values
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - optional speed-up
@@ -56,7 +58,6 @@ AUTOV1_OFFSET = 0x100000
 AUTOV1_LENGTH = 0x10000
 AUTOV1_MIN_SIZE = 2 * 0x100000
 AUTOV3_HEADER_LIMIT = 16 * 2**20
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest().upper()
 
 #: chunk size when hashing in the calling thread (small inputs)
 CHUNK_SIZE = 1 << 20
@@ -519,4 +520,10 @@ def fingerprint(path: str | os.PathLike, size: int | None = None) -> str:
     return digest.hexdigest(length=16).upper()
 
 
-__all__ = ["hash_file", "FileChangedError", "HASH_KEYS", "ALL_KEYS", "EMPTY_SHA256", "fingerprint"]
+def sha256_file(path: str | os.PathLike) -> str:
+    """The upper-case SHA256 of a whole file (copies checked after a move, preview images)."""
+    return hash_file(path, want=("SHA256",))["SHA256"]
+
+
+__all__ = ["hash_file", "sha256_file", "FileChangedError", "HASH_KEYS", "ALL_KEYS", "EMPTY_SHA256",
+           "fingerprint"]

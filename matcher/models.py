@@ -14,18 +14,26 @@ import zipfile
 from collections import Counter
 from typing import Any
 
+from mirror.hashes import is_empty_hash
+
 log = logging.getLogger(__name__)
 
-MODEL_EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".dfsn"}
-MEDIA_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm"}
-SIDECAR_SUFFIXES = (".civitai.info", ".preview.png", ".txt", ".json")
+#: File name endings of model files (the scan's kind, the matcher's name matching, the sorter).
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx", ".dfsn")
+MEDIA_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm")
+#: Text sidecars holding an image's generation parameters (``name.txt``, ``name.png.json``).
+TEXT_SIDECAR_SUFFIXES = (".txt", ".json")
+#: Names of sidecar files, after the stem of the file they belong to; they move with it.
+SIDECAR_SUFFIXES = (
+    ".civitai.info", ".metadata.json", ".preview.png", ".preview.jpg", ".preview.jpeg",
+    ".preview.webp", *TEXT_SIDECAR_SUFFIXES,
+)
 MODEL_FORMATS = {"safetensors", "ckpt", "pt", "pth", "bin", "gguf", "dfsn", "pickle"}
 MEDIA_FORMATS = {"png", "jpeg", "webp", "gif", "mp4", "webm", "mov"}
 IMAGE_FORMATS = {"png", "jpeg", "webp", "gif"}
 
 MODEL_TYPES = ("checkpoint", "lora", "lycoris", "dora", "vae", "embedding", "controlnet", "upscaler",
                "hypernetwork", "unknown")
-EMPTY_HASH_PREFIX = "E3B0C44298FC"
 SNIFF_BYTES = 64
 
 
@@ -185,7 +193,7 @@ def sshs_status(embedded: str | None, autov3_full: str | None) -> str | None:
     """Compare an embedded ``sshs_model_hash`` with the computed AutoV3: ok | stale | bogus | None."""
     if not embedded:
         return None
-    if embedded.startswith(EMPTY_HASH_PREFIX):
+    if is_empty_hash(embedded):
         return "bogus"
     if autov3_full is None:
         return None
