@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
@@ -40,13 +41,16 @@ import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from yarl import URL
 
-from crawler import __version__
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://civitai.com/api/v1"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-USER_AGENT = f"civitai-mirror/{__version__} (+https://github.com/civitai-mirror)"
+try:  # the installed distribution's version (civitai_mirror.__version__, through pyproject)
+    _VERSION = _metadata.version("civitai-mirror")
+except _metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    _VERSION = "0+unknown"
+USER_AGENT = f"civitai-mirror/{_VERSION} (+https://github.com/civitai-mirror)"
 MAX_RETRY_AFTER = 600.0
 
 

@@ -191,7 +191,7 @@ def demo(directory: str, serve_after: bool, host: str, port: int) -> None:
     """
     import os
 
-    from crawler.main import cli
+    from civitai_mirror.cli import cli
     from matcher.hashing import hash_file
     from mirror.demo import demo_steps, prepare_demo
 

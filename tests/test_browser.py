@@ -51,7 +51,7 @@ def server(tmp_path_factory, sync_playwright):
     world = build_demo_world(tmp_path_factory.mktemp("browser") / "demo")
     port = _free_port()
     exe = Path(sys.executable).with_name("civitai-mirror")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "crawler.main"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "civitai_mirror"]
     proc = subprocess.Popen(
         cmd + ["serve", "--db", str(world["civitai"]), "--library", str(world["library"]),
                "--dump", str(world["dump"]), "--port", str(port)],

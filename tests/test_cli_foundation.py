@@ -1,7 +1,7 @@
 from click.testing import CliRunner
 
-from crawler import __version__
-from crawler.main import COMMANDS, cli
+from civitai_mirror import __version__
+from civitai_mirror.cli import COMMANDS, cli
 
 
 def test_version():

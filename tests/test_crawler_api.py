@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from crawler import api
 from crawler.client import CivitaiClient, Invalid, NotFound
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from tests.fakeapi import FIXTURES, load_fixture, make_model
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from tests.fakeapi import make_model
 
 FAST = ["--sleep-retries", "0.01", "--sleep-429", "0.01", "--retries", "3", "--timeout", "5"]

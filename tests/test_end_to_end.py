@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from mirror.demo import SAMPLE_MODELS, sample_models, write_sample_collection
 
 

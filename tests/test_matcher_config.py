@@ -8,7 +8,7 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher.config import Config, load_config, parse_size
 
 SEED_INI = """[DEFAULT]

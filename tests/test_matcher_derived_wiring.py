@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher.hashing import hash_file
 from mirror.build import build_mirror
 from tests.test_matcher_match import (build_library, civitai_file, civitai_model, civitai_version, png,

@@ -10,7 +10,7 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher import dfsn
 
 

@@ -13,7 +13,7 @@ import blake3
 import pytest
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher.hashing import fingerprint, hash_file
 
 MiB = 1 << 20

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher.hashing import hash_file
 from matcher.match import (blurhash_components, blurhash_distance, cross_reference_with_civitai,
                            iter_match_records, match_library, pin_file, unpin_file)

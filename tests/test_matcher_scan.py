@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 
 import matcher.scan
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher.scan import scan_library
 from matcher.schema import open_library
 

@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from tests.test_matcher_sort import EXPECTED_MOVES, build_library, expected_manifest, manifest
 
 

@@ -99,7 +99,7 @@ def test_changed_file_is_re_extracted(tmp_path):
 
 
 def test_extract_command(tmp_path):
-    from crawler.main import cli
+    from civitai_mirror.cli import cli
 
     db, ids, _fox = make_library(tmp_path)
     db.conn.close()
@@ -112,7 +112,7 @@ def test_extract_command(tmp_path):
 
 
 def test_inspect_command_json_contract(tmp_path):
-    from crawler.main import cli
+    from civitai_mirror.cli import cli
 
     fox = tmp_path / "fox.png"
     write_png(fox, INFOTEXT.format(seed=42))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from mirror.build import (build_mirror, derive_model, normalize_commercial_use, parse_document)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dump"

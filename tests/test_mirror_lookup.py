@@ -7,7 +7,7 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from mirror.build import build_mirror
 from mirror.lookup import RESULT_KEYS, lookup_hash, lookup_hashes
 from tests.test_mirror_build import copy_dump

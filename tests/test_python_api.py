@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import matcher
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from matcher.hashing import hash_file
 from mirror.build import build_mirror
 from tests.test_matcher_match import (build_library, civitai_file, civitai_model, civitai_version, encode_blurhash,

@@ -19,7 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from crawler.main import COMMANDS, cli
+from civitai_mirror.cli import COMMANDS, cli
 from mirror.demo import prepare_demo, sample_models
 from tests.conftest import REPO
 

@@ -17,7 +17,7 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from crawler.main import cli
+from civitai_mirror.cli import cli
 from mirror.demo import prepare_demo
 from mirror.library_view import LIBRARY_VIEWS, ensure_views
 from mirror.serve import make_datasette

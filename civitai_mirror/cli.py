@@ -10,7 +10,7 @@ import sqlite3
 
 import click
 
-from crawler import __version__
+from civitai_mirror import __version__
 
 # Command name -> "module:attribute". Each package's cli.py owns its commands.
 COMMANDS: dict[str, str] = {
