@@ -15,7 +15,9 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = Path(__file__).resolve().parent.parent / "datasette_metadata.yml"
+# Shipped inside the package so a wheel serves facets and canned queries; the repository root's
+# datasette_metadata.yml is a link to it, for `datasette -m datasette_metadata.yml` users.
+METADATA_FILE = Path(__file__).resolve().parent / "datasette_metadata.yml"
 # row-library-files.html: the file page of library.sqlite (summary above the raw row).
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
