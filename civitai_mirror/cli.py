@@ -21,7 +21,7 @@ COMMANDS: dict[str, str] = {
     "build": "mirror.cli:build",
     "lookup": "mirror.cli:lookup",
     "serve": "mirror.cli:serve",
-    "demo": "mirror.cli:demo",
+    "demo": "civitai_mirror.demo:demo",
     # matcher
     "scan": "matcher.cli:scan",
     "hash": "matcher.cli:hash_files",

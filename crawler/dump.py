@@ -32,6 +32,7 @@ import orjson
 
 from crawler.api import check_model, is_worse
 from crawler.client import Invalid, NotFound, parse_json_body
+from crawler.clock import utc_now, utc_stamp
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
-from mirror.demo import SAMPLE_MODELS, sample_models, write_sample_collection
+from civitai_mirror.samples import SAMPLE_MODELS, sample_models, write_sample_collection
 
 
 def run(*args: str) -> str:

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from civitai_mirror.cli import COMMANDS, cli
-from mirror.demo import prepare_demo, sample_models
+from civitai_mirror.demo import prepare_demo
+from civitai_mirror.samples import sample_models
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

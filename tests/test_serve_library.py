@@ -1,6 +1,6 @@
 """The library in Datasette: views, the file page, canned queries and rendering, over the demo data.
 
-The data is the demo's (mirror.demo): a generated collection and a matching dump, run through
+The data is the demo's (civitai_mirror.samples): a generated collection and a matching dump, run through
 the real `build`, `scan` and `match` commands. Then, to give every canned query something to
 find, the test marks one Civitai model gone and one LoRA file missing (as a later crawl and
 scan would).
@@ -18,7 +18,7 @@ import sqlite_utils
 from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
-from mirror.demo import prepare_demo
+from civitai_mirror.demo import prepare_demo
 from mirror.library_view import LIBRARY_VIEWS, ensure_views
 from mirror.serve import make_datasette
 

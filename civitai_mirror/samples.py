@@ -1,11 +1,12 @@
-"""The demo's sample data: a small collection and a matching Civitai dump, written at demo time.
+"""Sample data builders: a small collection and a matching Civitai dump, for the demo and the tests.
 
 Everything here is generated, byte-for-byte deterministic, and invented for this project (no text
 from real models). The collection holds tiny but real safetensors files (real tensor names and
 ``__metadata__``), a zip ``.ckpt``, and images whose infotexts reference those files' hashes; the
 dump holds a few dozen models of every Civitai type and of every schema generation (2023 to
 2026, Archived, never-clobber history), with the collection's real hashes in it so that matching
-works offline.
+works offline. The tests build their files with the same helpers (``safetensors_bytes``,
+``write_png``, ``write_jpeg``, ``write_tree``), so a fixture and the demo never drift apart.
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from crawler.dump import model_path
+from matcher.hashing import hash_file
 
 # ---------------------------------------------------------------------------------------------
 # Tiny safetensors files with real tensor names
@@ -140,9 +146,7 @@ def collection_model_files() -> dict[str, bytes]:
     }
 
 
-def _png(path: Path, color: tuple[int, int, int], text: dict[str, str] | None = None) -> None:
-    from PIL import Image, PngImagePlugin
-
+def write_png(path: Path, color: tuple[int, int, int], text: dict[str, str] | None = None) -> None:
     img = Image.new("RGB", (64, 48), color)
     for x in range(64):  # a gradient, so the blurhash is not flat
         for y in range(0, 48, 8):
@@ -153,10 +157,8 @@ def _png(path: Path, color: tuple[int, int, int], text: dict[str, str] | None = 
     img.save(path, "PNG", pnginfo=info)
 
 
-def _jpeg_with_usercomment(path: Path, color: tuple[int, int, int], comment: str | None,
+def write_jpeg(path: Path, color: tuple[int, int, int], comment: str | None,
                            camera: bool = False) -> None:
-    from PIL import Image
-
     img = Image.new("RGB", (64, 48), color)
     exif = Image.Exif()
     if camera:
@@ -174,8 +176,6 @@ def _jpeg_with_usercomment(path: Path, color: tuple[int, int, int], comment: str
 
 def write_sample_collection(root: str | Path) -> dict[str, Path]:
     """Write the demo collection under ``root``; returns {relative path: absolute path}."""
-    from matcher.hashing import hash_file
-
     root = Path(root)
     written: dict[str, Path] = {}
     for rel, data in collection_model_files().items():
@@ -200,8 +200,8 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
         f"Lora hashes: \"paper_cut_style: {lora['AutoV3'].lower()}\", "
         f"TI hashes: \"soft_hands_neg: {emb['SHA256'][:12].lower()}\", Version: v1.10.1"
     )
-    _png(out / "00001-3141592653.png", (200, 120, 40), {"parameters": a1111})
-    _png(out / "00001-3141592653 (copy).png", (200, 120, 40), {"parameters": a1111})  # duplicate
+    write_png(out / "00001-3141592653.png", (200, 120, 40), {"parameters": a1111})
+    write_png(out / "00001-3141592653 (copy).png", (200, 120, 40), {"parameters": a1111})  # duplicate
     civitai_text = (
         "ink wash mountains, misty\nNegative prompt: lowres\n"
         "Steps: 30, Sampler: Euler a, CFG scale: 5, Seed: 27182818, Size: 64x48, "
@@ -209,7 +209,7 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
         "\"modelVersionName\":\"v2\"},{\"type\":\"lora\",\"weight\":0.6,\"modelVersionId\":1501,"
         "\"modelName\":\"Ink Wash Pony\",\"modelVersionName\":\"v1\"}], Created Date: 2026-05-01T10:00:00.000Z"
     )
-    _jpeg_with_usercomment(out / "ink_wash_onsite.jpeg", (60, 60, 90), civitai_text)
+    write_jpeg(out / "ink_wash_onsite.jpeg", (60, 60, 90), civitai_text)
     comfy_prompt = {
         "3": {"class_type": "KSampler", "inputs": {"seed": 99, "steps": 18, "cfg": 4.0, "sampler_name": "euler",
                                                    "scheduler": "normal", "denoise": 1.0, "model": ["10", 0],
@@ -223,21 +223,21 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
                                                       "strength_model": 0.7, "strength_clip": 0.7,
                                                       "model": ["4", 0], "clip": ["4", 1]}},
     }
-    _png(out / "ComfyUI_00001_.png", (30, 140, 90), {"prompt": json.dumps(comfy_prompt)})
-    _png(out / "render_0007.png", (90, 30, 140))
+    write_png(out / "ComfyUI_00001_.png", (30, 140, 90), {"prompt": json.dumps(comfy_prompt)})
+    write_png(out / "render_0007.png", (90, 30, 140))
     (out / "render_0007.txt").write_text(
         "a lighthouse in a storm\nUsed model: dreamy_mix_v2.safetensors\nLoRA: detail_slider_locon:0.5\n")
     moss = _fake_hashes("200-2001")  # Moss Garden: known to the mirror, not held locally
-    _png(out / "00002-1618033988.png", (40, 110, 60), {"parameters": (
+    write_png(out / "00002-1618033988.png", (40, 110, 60), {"parameters": (
         "moss covered stones, <lora:moss_garden:0.7>\nNegative prompt: blurry\n"
         f"Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1618033988, Size: 64x48, "
         f"Model hash: {ckpt['AutoV2'].lower()}, Model: dreamy_mix_v2, "
         f"Lora hashes: \"moss_garden: {moss['AutoV3'].lower()}\", Version: v1.10.1")})
-    _png(out / "orphan_sunset.png", (250, 90, 20))
-    _jpeg_with_usercomment(out / "holiday_photo.jpg", (20, 90, 200), None, camera=True)
+    write_png(out / "orphan_sunset.png", (250, 90, 20))
+    write_jpeg(out / "holiday_photo.jpg", (20, 90, 200), None, camera=True)
     # media next to a model travel with it; sidecars travel with their file
-    _png(root / "checkpoints" / "dreamy_mix_v2.png", (210, 180, 150), {"parameters": a1111})
-    _png(root / "loras" / "paper_cut_style.preview.png", (120, 200, 40))
+    write_png(root / "checkpoints" / "dreamy_mix_v2.png", (210, 180, 150), {"parameters": a1111})
+    write_png(root / "loras" / "paper_cut_style.preview.png", (120, 200, 40))
     (root / "loras" / "paper_cut_style.civitai.info").write_text(json.dumps({"id": 1301, "modelId": 130}))
     for rel in ("outputs/00001-3141592653.png", "outputs/00001-3141592653 (copy).png",
                 "outputs/ink_wash_onsite.jpeg", "outputs/ComfyUI_00001_.png", "outputs/00002-1618033988.png", "outputs/render_0007.png",
@@ -387,15 +387,8 @@ def sample_model(entry: tuple, hashes: dict[str, dict[str, Any]], sizes: dict[st
     return model
 
 
-def _block_path(dump: Path, model_id: int, suffix: str = "") -> Path:
-    block = model_id // 10000 * 10000
-    return dump / f"{block:08d}" / f"{model_id:08d}{suffix}.json"
-
-
 def collection_hashes(collection: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Hashes and sizes of the collection's model files, through the matcher's one hashing function."""
-    from matcher.hashing import hash_file
-
     collection = Path(collection)
     hashes = {rel: hash_file(collection / rel) for rel in collection_model_files()}
     sizes = {rel: (collection / rel).stat().st_size for rel in collection_model_files()}
@@ -427,48 +420,15 @@ def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
     ids = []
     for entry, good, last in zip(SAMPLE_MODELS, earlier, latest):
         mid = entry[0]
-        path = _block_path(dump, mid)
+        path = model_path(dump, mid)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(good, indent=1))
         os.utime(path, (FETCHED_AT, FETCHED_AT))  # the good copy was fetched before the side file
         if last != good:
-            _block_path(dump, mid, ".20261101T000000Z").write_text(json.dumps(last, indent=1))
+            model_path(dump, mid).with_name(f"{mid:08d}.20261101T000000Z.json").write_text(json.dumps(last, indent=1))
         ids.append(mid)
     (dump / "downloaded.txt").write_text("".join(f"{i:08d}\tdemo\t{now}\n" for i in ids))
     (dump / "notfound.txt").write_text("".join(f"{i:08d}\tdemo\t{now}\n" for i in (105, 115, 999)))
     for name in ("errors.txt", "crawled.txt", "missing.txt"):
         (dump / name).write_text("")
     return ids
-
-
-MARKER = ".civitai-mirror-demo"
-
-
-def demo_steps(lookup_hash: str, *, serve: bool, host: str, port: int) -> list[list[str]]:
-    """The commands the demo runs, in order, as a user would type them in the demo folder."""
-    steps = [
-        ["build", "civitai-meta", "--db", "civitai.sqlite"],
-        ["scan", "collection", "--db", "library.sqlite"],
-        ["match", "--db", "library.sqlite", "--civitai-db", "civitai.sqlite"],
-        ["sort", "--dest", "sorted", "--dry-run", "--db", "library.sqlite", "--civitai-db", "civitai.sqlite"],
-        ["lookup", "--db", "civitai.sqlite", lookup_hash],
-    ]
-    if serve:
-        steps.append(["serve", "--db", "civitai.sqlite", "--library", "library.sqlite",
-                      "--dump", "civitai-meta", "--host", host, "--port", str(port)])
-    return steps
-
-
-def prepare_demo(directory: str | Path) -> Path:
-    """Write the sample collection and dump into ``directory`` (once; never over a user's files)."""
-    directory = Path(directory).resolve()
-    if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
-        raise FileExistsError(f"{directory} exists and is not a civitai-mirror demo folder; "
-                              "choose another with --dir")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MARKER).write_text("sample data written by `civitai-mirror demo`\n")
-    if not (directory / "collection").exists():
-        write_sample_collection(directory / "collection")
-    if not (directory / "civitai-meta").exists():
-        write_sample_dump(directory / "civitai-meta", directory / "collection")
-    return directory
