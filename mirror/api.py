@@ -11,7 +11,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from mirror.lookup import lookup_with_conn, files_for_sha256, normalize_hash
+from mirror.hashes import normalize_hash
+from mirror.lookup import files_for_sha256, lookup_with_conn
 
 MAX_ID = 2147483647
 MAX_BY_HASH = 100

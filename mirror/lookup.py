@@ -3,9 +3,9 @@
 ``lookup`` (CLI), the offline Civitai API (mirror.plugin) and the matcher all call
 ``lookup_hash`` / ``lookup_hashes``. Lookups use the ``file_hashes(hash)`` index.
 
-Lengths say which types to try (civitai-api.md §2-§3): 64 hex = SHA256 or BLAKE3; 12 = AutoV3, else a
-``SHA256[:12]`` prefix (A1111's TI hashes and .pt LoRAs); 10 = AutoV2 (else a SHA256 prefix);
-8 = AutoV1 or CRC32; ``0x`` + 64 = SwarmUI's tensor hash, whose first 12 are the AutoV3. The hash of
+A hash's length says which types to try, in the order ``mirror.hashes.LENGTH_TYPES`` gives (64 hex =
+SHA256 or BLAKE3; 12 = AutoV3, else a ``SHA256[:12]`` prefix; 10 = AutoV2, else a SHA256 prefix; 8 =
+AutoV1 or CRC32; ``0x`` + 64 = SwarmUI's tensor hash, whose first 12 are the AutoV3). The hash of
 empty input (``e3b0c44298fc…``) is ignored, as Civitai does. Several versions → Civitai's tie rule:
 published first, then earliest ``publishedAt``, then lowest version id; the others are listed in
 ``candidates``.
@@ -19,9 +19,8 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-HASH_TYPES = ("AutoV1", "AutoV2", "AutoV3", "SHA256", "CRC32", "BLAKE3")
-_TYPE_CANON = {t.lower(): t for t in HASH_TYPES}
-EMPTY_SHA256 = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+from mirror.hashes import HASH_TYPES, canonical_type, is_empty_hash, normalize_hash, types_for_length
+
 RESULT_KEYS = ("hash", "hash_type", "model_id", "version_id", "file_id", "model_name",
                "version_name", "type", "base_model", "file_name", "download_url", "mode",
                "candidates")
@@ -44,32 +43,15 @@ def empty_result(value: str | None) -> dict[str, Any]:
     return result
 
 
-def normalize_hash(value: str) -> str:
-    """Strip, drop a ``0x`` prefix (SwarmUI, keeping the AutoV3 part) and upper-case."""
-    text = str(value).strip()
-    if text[:2].lower() == "0x":
-        text = text[2:][:12]
-    return text.upper()
-
-
 def plan_lookup(value: str, hash_type: str | None = None) -> list[tuple[str, str, bool]]:
     """Which (type, value, is_prefix) to try, best first, for a normalized hash."""
     if hash_type:
-        canon = _TYPE_CANON.get(hash_type.lower())
+        canon = canonical_type(hash_type)
         if canon is None:
             raise ValueError(f"unknown hash type {hash_type!r}; use one of {', '.join(HASH_TYPES)}")
         prefix = canon == "SHA256" and len(value) < 64
         return [(canon, value, prefix)]
-    n = len(value)
-    if n == 64:
-        return [("SHA256", value, False), ("BLAKE3", value, False)]
-    if n == 12:
-        return [("AutoV3", value, False), ("SHA256", value, True)]
-    if n == 10:
-        return [("AutoV2", value, False), ("SHA256", value, True)]
-    if n == 8:
-        return [("AutoV1", value, False), ("CRC32", value, False)]
-    return [(t, value, False) for t in HASH_TYPES]
+    return [(t, value, prefix) for t, prefix in types_for_length(value)]
 
 
 def _connection(db: Any) -> tuple[sqlite3.Connection, bool]:
@@ -119,7 +101,7 @@ def lookup_with_conn(conn: sqlite3.Connection, value: str,
         result = empty_result(original)
         result["error"] = "not a hexadecimal hash"
         return result
-    if len(normalized) >= 8 and EMPTY_SHA256.startswith(normalized):
+    if is_empty_hash(normalized):
         result = empty_result(original)
         result["error"] = "hash of empty input, ignored"
         return result
