@@ -68,15 +68,15 @@ def resolve(target: str, known: dict[str, Path]) -> str | None:
 
 def test_imports_run_one_way_and_sit_at_the_top():
     known = modules()
-    problems = []
+    problems: dict[str, None] = {}  # one line per import statement
     for name, path in known.items():
         rank = ORDER.index(name.split(".")[0])
         for target, line, top in project_imports(name, path):
-            where = f"{path.relative_to(REPO)}:{line} imports {target}"
+            where = f"{path.relative_to(REPO)}:{line} imports {target.split('.')[0]}"
             if ORDER.index(target.split(".")[0]) > rank:
-                problems.append(f"{where}: backward ({' -> '.join(reversed(ORDER))} is the only way)")
+                problems[f"{where}: backward ({' -> '.join(reversed(ORDER))} is the only way)"] = None
             if not top:
-                problems.append(f"{where} inside a function")
+                problems[f"{where} inside a function"] = None
     assert not problems, "\n".join(problems)
 
 
@@ -134,23 +134,22 @@ def test_the_wheel_installs_and_serves_the_demo_with_facets_and_queries(tmp_path
                     "-w", str(dist), str(REPO)], check=True, cwd=tmp_path)
     wheel = next(dist.glob("civitai_mirror-*.whl"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     bindir = venv / ("Scripts" if os.name == "nt" else "bin")
     python = bindir / "python"
+    # The venv's own pip, so nothing of this environment (its editable install) is touched.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
     # The dependencies come from this test run's environment (no network); the project itself only
     # from the wheel: a path added by a .pth line does not run that folder's own .pth files, so the
     # editable install of this checkout stays invisible.
     (site / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--prefix", str(venv), str(wheel)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     where = subprocess.run([str(python), "-c", "import mirror.serve as s; print(s.__file__)"], cwd=tmp_path,
                            check=True, capture_output=True, text=True, env=env).stdout.strip()
     assert Path(where).is_relative_to(venv), f"mirror imported from {where}, not from the installed wheel"
-    # the console script, run by the venv's python (pip --prefix wrote this interpreter's shebang)
-    exe = [str(python), str(bindir / "civitai-mirror")]
+    exe = [str(bindir / "civitai-mirror")]
     subprocess.run([*exe, "demo", "--dir", "demo", "--no-serve"], cwd=tmp_path, check=True,
                    capture_output=True, env=env)
     port = _free_port()
