@@ -6,12 +6,21 @@ whatever their file names, and registers the plugin in mirror.plugin.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import uvicorn
 import yaml
+from datasette.app import Datasette
+from datasette.database import Database
+from datasette.plugins import pm
+
+from mirror import plugin
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +41,6 @@ def load_metadata(path: Path | None = None) -> dict[str, Any]:
 
 
 def register_plugin() -> None:
-    from datasette.plugins import pm
-
-    from mirror import plugin
-
     if not pm.is_registered(plugin):
         pm.register(plugin, name="civitai-mirror")
 
@@ -50,9 +55,6 @@ def find_library(db_path: Path, library: str | Path | None) -> Path | None:
 
 def _columns_of(path: Path) -> dict[str, set[str]]:
     """Tables and views of a SQLite file and their columns, read without writing anything."""
-    import sqlite3
-    from urllib.parse import quote
-
     conn = sqlite3.connect(f"file:{quote(str(path), safe='/')}?mode=ro", uri=True)
     try:
         names = [r[0] for r in conn.execute(
@@ -90,9 +92,6 @@ def prune_table_metadata(meta: dict, database: str, path: Path) -> None:
 def make_datasette(db_path: str | Path, library: str | Path | None = None,
                    dump_dir: str | Path | None = None, metadata: dict | None = None):
     """A ready Datasette instance; call ``invoke_startup`` (or use ``.client``) before serving."""
-    from datasette.app import Datasette
-    from datasette.database import Database
-
     register_plugin()
     meta = copy.deepcopy(metadata if metadata is not None else load_metadata())
     plugin_config = meta.setdefault("plugins", {}).setdefault("civitai-mirror", {})
@@ -115,9 +114,5 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
 
 
 def run_server(ds, host: str, port: int) -> None:
-    import asyncio
-
-    import uvicorn
-
     asyncio.run(ds.invoke_startup())
     uvicorn.run(ds.app(), host=host, port=port, log_level="warning", lifespan="on", workers=1)

@@ -25,7 +25,7 @@ def fake(fake_civitai):
 
 
 def start_crawl(fake, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "crawler", "crawl", "--start", "1", "--end", str(N), "--per-id", "--threads", "4",
+    cmd = [sys.executable, "-m", "civitai_mirror", "crawl", "--start", "1", "--end", str(N), "--per-id", "--threads", "4",
            "-o", str(out), "--api-base", fake.api_base, *FAST]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -164,7 +164,7 @@ def test_serve_over_real_http(mirror, tmp_path):
     db, library, _ = mirror
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crawler", "serve", "--db", str(db), "--port", str(port)],
+        [sys.executable, "-m", "civitai_mirror", "serve", "--db", str(db), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
