@@ -14,13 +14,13 @@ from PIL import Image, PngImagePlugin
 
 from matcher.media import extract_comprehensive_metadata, find_metadata_text_file
 from matcher.media.a1111 import parse_infotext
+from matcher.media.comfy_hosts import parse_tensorart
 from matcher.media.comfyui import parse_comfy_prompt
 from matcher.media.containers import decode_user_comment, read_containers
-from matcher.media.generators import (
-    parse_easydiffusion, parse_fooocus, parse_invoke_dream, parse_invoke_metadata, parse_novelai,
-    parse_sidecar_text, parse_swarmui, parse_tensorart, parse_xmp,
-)
+from matcher.media.invokeai import parse_invoke_dream, parse_invoke_metadata
+from matcher.media.json_generators import parse_easydiffusion, parse_fooocus, parse_novelai, parse_swarmui
 from matcher.media.parse import parse_text
+from matcher.media.text_generators import parse_sidecar_text, parse_xmp
 
 INFOTEXT = "a red fox <lora:detail:0.6>\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 6, " \
            "Seed: 42, Size: 64x48, Model hash: 0123456789, Model: foxmodel"

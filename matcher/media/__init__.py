@@ -8,9 +8,10 @@ Public API (the CLI and the Python API of issue 8 wrap these):
   resources and media_info for every ``files`` row with kind='media'
 
 Layout: ``containers`` (PNG/JPEG/WebP/GIF/MP4/WebM/stealth readers), ``a1111`` (infotext), ``comfyui``
-(graph walk), ``generators`` (NovelAI, InvokeAI, Fooocus, SwarmUI, Civitai, TensorArt, Stability Matrix,
-Draw Things, EasyDiffusion, sidecars), ``parse`` (dispatch), ``normalise`` (record, LoRAs, resources,
-canonical JSON), ``imaging`` (BlurHash, thumbnail, EXIF facts), ``extract`` (files and the database).
+(graph walk), ``invokeai`` (its three formats), ``json_generators`` (NovelAI, Fooocus, SwarmUI,
+EasyDiffusion), ``comfy_hosts`` (Civitai, TensorArt, Stability Matrix: their JSON beside a ComfyUI graph),
+``text_generators`` (Draw Things' XMP, sidecar lines), ``parse`` (dispatch), ``normalise`` (record, LoRAs,
+resources, canonical JSON), ``imaging`` (BlurHash, thumbnail, EXIF facts), ``extract`` (files and the database).
 """
 from .extract import extract_comprehensive_metadata, extract_library, find_metadata_text_file
 

@@ -30,6 +30,21 @@ def new_record(tool: str | None) -> dict[str, Any]:
     return {"generation_tool": tool, "loras": [], "resources": [], "params": {}}
 
 
+def as_json(text: Any) -> Any:
+    """A dict or list as it is; text holding a JSON object or array decoded; anything else None."""
+    if isinstance(text, (dict, list)):
+        return text
+    if not isinstance(text, str):
+        return None
+    s = text.strip().strip("\x00")
+    if not s or s[0] not in "{[":
+        return None
+    try:
+        return json.loads(s)
+    except ValueError:
+        return None
+
+
 _INT_RE = re.compile(r"[-+]?\d{1,40}")
 _INT_DOT_ZERO_RE = re.compile(r"[-+]?\d+\.0+")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

@@ -7,12 +7,11 @@ from typing import Any
 from .a1111 import looks_like_infotext, parse_infotext
 from .comfyui import has_graph, load_graph, parse_comfy_prompt
 from .containers import Containers
-from .generators import (
-    _json, parse_civitai_comfy, parse_easydiffusion, parse_fooocus, parse_invoke_dream, parse_invoke_metadata,
-    parse_invoke_sdmeta, parse_novelai, parse_sidecar_text, parse_stability_matrix, parse_swarmui,
-    parse_tensorart, parse_xmp,
-)
-from .normalise import finalise
+from .comfy_hosts import parse_civitai_comfy, parse_stability_matrix, parse_tensorart
+from .invokeai import parse_invoke_dream, parse_invoke_metadata, parse_invoke_sdmeta
+from .json_generators import parse_easydiffusion, parse_fooocus, parse_novelai, parse_swarmui
+from .normalise import as_json, finalise
+from .text_generators import parse_sidecar_text, parse_xmp
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ def parse_text(text: str, source: str) -> dict[str, Any] | None:
     """One free-standing text (UserComment, Comment, stealth, sidecar): JSON flavours or A1111 infotext."""
     if not isinstance(text, str) or not text.strip():
         return None
-    data = _json(text)
+    data = as_json(text)
     if isinstance(data, dict):
         if "sui_image_params" in data:
             return parse_swarmui(data)
@@ -67,7 +66,7 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
     # SwarmUI
     params_json = None  # the parameters chunk is parsed once, here, and used again below
     for key in ("sui_image_params", "parameters"):
-        d = _json(t.get(key))
+        d = as_json(t.get(key))
         if key == "parameters":
             params_json = d
         if isinstance(d, dict) and "sui_image_params" in d:
@@ -137,7 +136,7 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
     for key in ("Comment", "Description", "comment", "description", "parameters", "prompt", "workflow"):
         v = t.get(key)
         if v:
-            d = _json(v)
+            d = as_json(v)
             if isinstance(d, dict) and ("prompt" in d) and isinstance(d.get("prompt"), (str, dict)):
                 nodes = load_graph(d.get("prompt"))
                 if nodes:
