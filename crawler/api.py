@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from crawler.client import CivitaiClient, Invalid, NotFound, Response
+from crawler.client import CivitaiClient, Invalid, NotFound, Response, parse_json_body
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,6 @@ def check_model_version(data: Any, expected_id: int | None = None) -> dict:
 
 def parse_model(body: bytes | str, expected_id: int | None = None) -> dict:
     """Parse a saved or received model body (bytes or text) into the model dict, or raise Invalid."""
-    from crawler.client import parse_json_body
-
     if isinstance(body, str):
         body = body.encode()
     return check_model(parse_json_body(body), expected_id)
@@ -87,8 +85,6 @@ def parse_model(body: bytes | str, expected_id: int | None = None) -> dict:
 
 def parse_models(body: bytes | str) -> list[dict]:
     """Models in a body that is either one model or a ``GET /models`` page."""
-    from crawler.client import parse_json_body
-
     if isinstance(body, str):
         body = body.encode()
     data = parse_json_body(body)
