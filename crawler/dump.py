@@ -1,196 +1,31 @@
-"""The dump folder: layout, logs and atomic writes. No network here.
+"""The state of one dump folder over a run: which ids are downloaded, not found, failed, crawled.
 
-Layout (dumptool's)::
-
-    DIR/12340000/12345678.json            model 12345678 (block = id // 10000 * 10000, 8 digits)
-    DIR/12340000/12345678.<UTC>.json      a worse answer kept beside the good copy (never clobber)
-    DIR/downloaded.txt  id, host, UTC     saved models
-    DIR/notfound.txt    id, hosts, UTC    every host said 404
-    DIR/errors.txt      id, reason, UTC   ids whose latest attempt failed
-    DIR/crawled.txt     id, UTC           ids covered by --crawl
-    DIR/missing.txt     id                json on disk but not in downloaded.txt (rewritten every run)
-    DIR/history.txt     id, reason, side file, UTC   answers kept beside the good copy
-    DIR/images/<block>/<image id>.<ext>   preview images (crawl --images), logs in DIR/images/
-
-Every log line starts with the id zero-padded to 8 digits; readers take the first tab-separated
-column. A log line is appended only after its file is in place, so a crash can at worst leave a
-file without its line (reported in missing.txt, fetched again) — never a line without its file.
+Where each file goes is :mod:`crawler.layout`; how files and log lines are written so that a kill
+cannot tear them is :mod:`crawler.writes`. No network here. A log line is appended only after its
+file is in place, so a crash can at worst leave a file without its line (reported in missing.txt,
+fetched again) — never a line without its file.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import re
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
-
-import orjson
 
 from crawler.api import check_model, is_worse
 from crawler.client import Invalid, NotFound, parse_json_body
 from crawler.clock import utc_now, utc_stamp
+from crawler.layout import BLOCK_DIR, MODEL_FILE, block_of, dumps, model_path, pad
+from crawler.writes import LogFile, read_log, rewrite_log, time_of, write_atomic, write_atomic_at
 
 log = logging.getLogger(__name__)
-
-LOGS = ("downloaded.txt", "notfound.txt", "errors.txt", "crawled.txt", "missing.txt")
-_BLOCK = re.compile(r"^\d{8,}$")
-_MODEL_FILE = re.compile(r"^(\d{8,})\.json$")
-
-
-def pad(n: int) -> str:
-    return f"{n:08d}"
-
-
-def block_of(n: int) -> str:
-    return pad(n // 10000 * 10000)
-
-
-def model_path(root: Path, model_id: int) -> Path:
-    return root / block_of(model_id) / f"{pad(model_id)}.json"
-
-
-def image_path(root: Path, image_id: int, ext: str) -> Path:
-    return root / "images" / block_of(image_id) / f"{pad(image_id)}.{ext}"
-
-
-def dumps(data: object) -> bytes:
-    """Deterministic pretty JSON (Civitai's key order kept), so re-crawls give the same bytes."""
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
-
-
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    n = os.write(fd, data)
-    if n < len(data):  # a short write (full disk returns an error instead; a signal may cut it)
-        view = memoryview(data)[n:]
-        while view:
-            view = view[os.write(fd, view):]
-
-
-def write_atomic(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
-    """``path.part`` then ``os.replace``: the final name only ever holds a complete file.
-
-    That is what makes a killed process harmless. ``fsync`` also survives power loss, at a cost
-    per file too high for a crawl of millions of small files (ext4 and most journaling file
-    systems flush a replaced file before the rename anyway). The folder is created only when
-    the first open says it is missing (no check per file)."""
-    path = os.fspath(path)
-    part = path + ".part"
-    try:  # os-level calls: a buffered file object per file costs more than the write itself
-        fd = os.open(part, _NEW_FILE, 0o666)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(part, _NEW_FILE, 0o666)
-    try:
-        _write_all(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(part, path)
-
 
 # Model files are written relative to their block folder's descriptor where the OS has openat/renameat.
 _DIR_FD = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
 _MAX_BLOCK_FDS = 4
-
-
-def write_atomic_at(dir_fd: int, name: str, data: bytes) -> None:
-    """:func:`write_atomic` of ``name`` in the folder open as ``dir_fd`` (``openat`` + ``renameat``)."""
-    part = name + ".part"
-    fd = os.open(part, _NEW_FILE, 0o666, dir_fd=dir_fd)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-
-def read_log(path: Path) -> dict[int, list[str]]:
-    """id -> the other columns of its last line. Lines whose first column is not a number are skipped,
-    and so is a last line without its newline whose id is shorter than 8 digits (a write torn by a
-    kill: our ids are always padded to 8 digits, so a cut inside the id shows as a short one)."""
-    out: dict[int, list[str]] = {}
-    try:
-        fh = open(path, encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return out
-    with fh:
-        for line in fh:
-            cols = line.rstrip("\r\n").split("\t")
-            head = cols[0].strip()
-            if head.isdigit():
-                if not line.endswith("\n") and len(head) < 8:
-                    log.warning("%s ends with a torn line %r; ignored", path, line)
-                    continue
-                out[int(head)] = cols[1:]
-    return out
-
-
-def _time_of(cols: list[str]) -> str:
-    """The UTC time column of a log line (the last column that looks like one), or ''."""
-    for col in reversed(cols):
-        if len(col) >= 20 and col[:4].isdigit() and col[4] == "-" and col.endswith("Z"):
-            return col
-    return ""
-
-
-class LogFile:
-    """An append-only log written with one ``os.write`` per call on an ``O_APPEND`` descriptor.
-
-    No user-space buffer, so a ``kill -9`` loses nothing that :meth:`append` returned from. If a
-    previous process died in the middle of a line, the torn end is repaired on open: a fragment
-    whose id is complete (8 digits) gets its newline; a shorter one (cut inside the id, so it
-    would name the wrong model) is cut off."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fd: int | None = None
-        self._lock = threading.Lock()
-
-    def append(self, *cols: object) -> None:
-        self.write_lines(["\t".join(str(c) for c in cols) + "\n"])
-
-    def write_lines(self, lines: list[str]) -> None:
-        """Append whole lines (each ending in a newline) with one write."""
-        data = "".join(lines).encode("utf-8")
-        with self._lock:
-            if self._fd is None:
-                self._fd = self._open()
-            _write_all(self._fd, data)
-
-    def _open(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: the torn-end check
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            start = max(0, size - 4096)
-            tail = os.pread(fd, size - start, start)
-            cut = tail.rfind(b"\n")
-            fragment = tail[cut + 1:]
-            head = fragment.split(b"\t", 1)[0].strip()
-            if head.isdigit() and len(head) < 8 and (cut >= 0 or start == 0):
-                log.warning("%s ends with a torn line %r (a killed run); removing it", self.path, fragment)
-                os.ftruncate(fd, start + cut + 1)
-            else:
-                os.write(fd, b"\n")
-        return fd
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-
-def rewrite_log(path: Path, lines: Iterable[str]) -> None:
-    write_atomic(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 class Dump:
@@ -224,8 +59,8 @@ class Dump:
         # errors.txt holds ids whose *latest* attempt failed: drop those a later line resolved.
         self.errors = {}
         for i, cols in read_log(self.root / "errors.txt").items():
-            failed_at = _time_of(cols)
-            resolved = [_time_of(c) for c in (self.downloaded.get(i), self.notfound.get(i)) if c is not None]
+            failed_at = time_of(cols)
+            resolved = [time_of(c) for c in (self.downloaded.get(i), self.notfound.get(i)) if c is not None]
             if any(t and t >= failed_at for t in resolved):
                 continue
             self.errors[i] = cols
@@ -236,10 +71,10 @@ class Dump:
         """Model ids with a json on disk; removes ``.part`` leftovers of a killed run (our own temp files)."""
         ids: set[int] = set()
         for entry in os.scandir(self.root):
-            if not (entry.is_dir() and _BLOCK.match(entry.name)):
+            if not (entry.is_dir() and BLOCK_DIR.match(entry.name)):
                 continue
             for f in os.scandir(entry.path):
-                m = _MODEL_FILE.match(f.name)
+                m = MODEL_FILE.match(f.name)
                 if m:
                     ids.add(int(m.group(1)))
                 elif f.name.endswith(".json.part"):
@@ -248,7 +83,7 @@ class Dump:
         images = self.root / "images"
         if images.is_dir():
             for entry in os.scandir(images):
-                if entry.is_dir() and _BLOCK.match(entry.name):
+                if entry.is_dir() and BLOCK_DIR.match(entry.name):
                     for f in os.scandir(entry.path):
                         if f.name.endswith(".part"):
                             os.unlink(f.path)

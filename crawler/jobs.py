@@ -16,7 +16,8 @@ from typing import Callable, Iterable, Iterator
 
 from crawler import api
 from crawler.client import CivitaiClient, host_of, parse_json_body
-from crawler.dump import Dump, ImageLog, dumps, image_path, model_path
+from crawler.dump import Dump, ImageLog
+from crawler.layout import dumps, image_path, model_path
 
 log = logging.getLogger(__name__)
 
