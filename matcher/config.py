@@ -7,26 +7,49 @@ exists; no file means the defaults. Keys are read from ``[DEFAULT]`` and from fi
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import click
 
+from matcher.paths import safe_name
+
 ENV_VAR = "CIVITAI_MIRROR_CONFIG"
 DEFAULT_MAX_FILE_SIZE = 10 * 2**30
-# issue 6: one folder per model type; `type=Folder` pairs change single names
-DEFAULT_MODEL_TYPE_FOLDERS = "checkpoints,loras,embeddings,hypernetworks,controlnet,vae,upscalers,other"
+
+#: Canonical model type key -> its default folder name (issue 6: one folder per model type).
+DEFAULT_TYPE_FOLDERS: dict[str, str] = {
+    "checkpoint": "checkpoints",
+    "lora": "loras",
+    "embedding": "embeddings",
+    "hypernetwork": "hypernetworks",
+    "controlnet": "controlnet",
+    "vae": "vae",
+    "upscaler": "upscalers",
+    "other": "other",
+}
+
+#: Civitai types (ModelType enum) and the scan's ``files.model_type`` values -> canonical type key.
+TYPE_KEYS: dict[str, str] = {
+    "checkpoint": "checkpoint",
+    "lora": "lora", "locon": "lora", "lycoris": "lora", "dora": "lora",
+    "textualinversion": "embedding", "embedding": "embedding",
+    "hypernetwork": "hypernetwork",
+    "controlnet": "controlnet",
+    "vae": "vae",
+    "upscaler": "upscaler",
+}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
           "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
-_TYPE_ALIASES = {"textualinversion": "embedding", "embeddings": "embedding", "loras": "lora",
-                 "checkpoints": "checkpoint", "hypernetworks": "hypernetwork", "upscalers": "upscaler",
-                 "vaes": "vae", "controlnets": "controlnet"}
+_ITEM_SEP = re.compile(r"[,\n;]")
+_PAIR = re.compile(r"([^=:]*)[=:](.*)", re.DOTALL)   # split at the first '=' or ':'
 
 
 def parse_size(text: str | int) -> int:
@@ -48,20 +71,42 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r} (use true or false)")
 
 
-def parse_model_type_folders(text: str) -> dict[str, str]:
-    """``checkpoint,loras,embedding`` (file_scanner) or ``lora=Lora, checkpoint=Stable-diffusion``."""
-    folders: dict[str, str] = {}
-    for item in (part.strip() for part in str(text).split(",")):
-        if not item:
-            continue
-        if "=" in item or ":" in item:
-            key, _, value = item.replace(":", "=", 1).partition("=")
-            key = key.strip().lower()
-            folders[_TYPE_ALIASES.get(key, key)] = value.strip()
+def model_type_key(name: Any) -> str | None:
+    """The canonical type key of a Civitai or scan type (``LoCon`` -> ``lora``), else None."""
+    return TYPE_KEYS.get(str(name).strip().lower().replace(" ", "")) if name else None
+
+
+def _folder_key(name: Any) -> str:
+    """A ``model_type_folders`` key as a type key: any Civitai type, any case, or a plural folder name."""
+    key = model_type_key(name) or str(name).strip().lower()
+    if key.endswith("s") and key[:-1] in DEFAULT_TYPE_FOLDERS:
+        key = key[:-1]
+    return key
+
+
+def parse_model_type_folders(value: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Type key -> folder name, from every form ``model_type_folders`` takes.
+
+    Text is a list of folder names, each matched to its type by name (file_scanner's
+    ``checkpoint,loras,embedding``; the first name of a type wins), ``type=Folder`` or
+    ``type: Folder`` pairs (``lora=LoRA, checkpoint=Stable-diffusion``), separated by commas,
+    semicolons or new lines, or a JSON object; a dict holds pairs. Keys are canonical type keys or
+    any Civitai type in any case; folder names are made safe. Types not named are not in the result.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            value = json.loads(text)
         else:
-            key = item.lower()
-            folders.setdefault(_TYPE_ALIASES.get(key, key), item)
-    return folders
+            folders: dict[str, str] = {}
+            for item in filter(None, (part.strip() for part in _ITEM_SEP.split(text))):
+                pair = _PAIR.fullmatch(item)
+                if pair:
+                    folders[_folder_key(pair[1])] = safe_name(pair[2].strip())
+                else:
+                    folders.setdefault(_folder_key(item), safe_name(item))
+            return folders
+    return {_folder_key(key): safe_name(str(folder).strip()) for key, folder in (value or {}).items()}
 
 
 @dataclass
@@ -75,8 +120,7 @@ class Config:
     verbose: bool = False
     max_file_size: int = DEFAULT_MAX_FILE_SIZE
     use_model_type_subfolders: bool = True
-    model_type_folders: dict[str, str] = field(
-        default_factory=lambda: parse_model_type_folders(DEFAULT_MODEL_TYPE_FOLDERS))
+    model_type_folders: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TYPE_FOLDERS))
     path: str | None = None  # the file these came from, if any
     extra: dict[str, str] = field(default_factory=dict)  # other keys, for other parts to read
 

@@ -73,6 +73,14 @@ def base_model_folder(base_model: str | None, default: str = "Unknown") -> str:
     return safe_name(text) if text else default
 
 
+def split_suffix(name: str) -> tuple[str, str]:
+    """``name`` as (stem, last ``.ext``): ``a.b.png`` -> ``("a.b", ".png")``; ``.env`` -> ``(".env", "")``."""
+    stem, dot, ext = name.rpartition(".")
+    if not stem:
+        return name, ""
+    return stem, dot + ext
+
+
 def with_counter(name: str, counter: int, suffix_len: int | None = None) -> str:
     """``name`` with `` (counter)`` before its extension: ``a.png`` -> ``a (1).png``.
 
@@ -82,10 +90,7 @@ def with_counter(name: str, counter: int, suffix_len: int | None = None) -> str:
     if counter <= 0:
         return name
     if suffix_len is None:
-        stem, dot, ext = name.rpartition(".")
-        if not stem:
-            stem, dot, ext = name, "", ""
-        suffix = dot + ext
+        stem, suffix = split_suffix(name)
     else:
         stem, suffix = name[: len(name) - suffix_len], name[len(name) - suffix_len:]
     return f"{stem} ({counter}){suffix}"
