@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
+
+from crawler.clock import utc_now
+from matcher.models import TEXT_SIDECAR_SUFFIXES
+from matcher.schema import ensure_library, open_library
 
 from .containers import read_containers, sniff_format
 from .imaging import exif_facts, thumbnail_and_blurhash
@@ -18,13 +21,13 @@ log = logging.getLogger(__name__)
 #: images and videos larger than this are not read whole (videos: tags only)
 MAX_READ_BYTES = 512 * 1024 * 1024
 VIDEO_FORMATS = {"mp4", "webm"}
-SIDECAR_SUFFIXES = (".txt", ".json")
 
 
 def find_metadata_text_file(image_path: str | os.PathLike) -> Path | None:
     """The sidecar beside an image: ``name.txt``/``name.json``, or ``name.png.txt``/``name.png.json``."""
     p = Path(image_path)
-    for cand in [p.with_suffix(s) for s in SIDECAR_SUFFIXES] + [p.with_name(p.name + s) for s in SIDECAR_SUFFIXES]:
+    for cand in ([p.with_suffix(s) for s in TEXT_SIDECAR_SUFFIXES]
+                 + [p.with_name(p.name + s) for s in TEXT_SIDECAR_SUFFIXES]):
         if cand != p and cand.is_file():
             return cand
     return None
@@ -140,10 +143,6 @@ def _stamp(row: dict[str, Any], sidecar: Path | None) -> str:
     return f"{row.get('size')}:{row.get('mtime_ns')}:{side}"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _seed_int(seed: Any) -> int | None:
     return seed if isinstance(seed, int) and -(2 ** 63) <= seed < 2 ** 63 else None
 
@@ -157,8 +156,6 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
     only rows whose content changed. ``progress(done, total, path)`` is called after each file.
     Returns summary counts.
     """
-    from matcher.schema import ensure_library, open_library
-
     if not hasattr(db, "execute"):
         db = open_library(db)
     else:
@@ -205,7 +202,7 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
 
 
 def _write(db, file_id: int, rec: dict[str, Any], thumb: bytes | None, stamp: str) -> None:
-    now = _now()
+    now = utc_now()
     ex = rec.get("exif") or {}
     info = {
         "file_id": file_id, "format": rec.get("format"), "image_width": rec.get("image_width"),

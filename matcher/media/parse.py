@@ -5,9 +5,9 @@ import logging
 from typing import Any
 
 from .a1111 import looks_like_infotext, parse_infotext
+from .comfy_hosts import parse_civitai_comfy, parse_stability_matrix, parse_tensorart
 from .comfyui import has_graph, load_graph, parse_comfy_prompt
 from .containers import Containers
-from .comfy_hosts import parse_civitai_comfy, parse_stability_matrix, parse_tensorart
 from .invokeai import parse_invoke_dream, parse_invoke_metadata, parse_invoke_sdmeta
 from .json_generators import parse_easydiffusion, parse_fooocus, parse_novelai, parse_swarmui
 from .normalise import as_json, finalise
