@@ -389,13 +389,13 @@ def add_param_resources(rec: dict[str, Any], params: dict[str, str], lower: dict
             kind_l = kind.lower()
             if not name:
                 if kind_l == "model":
-                    add_resource(rec, "checkpoint", rec.get("model_name"), h, hash_kind="AutoV2" if len(h) == 10 else None)
+                    add_resource(rec, "checkpoint", rec.get("model_name"), h)
                 elif kind_l == "vae":
                     add_resource(rec, "vae", rec.get("vae"), h)
                 continue
             kmap = {"lora": "lora", "lyco": "lycoris", "embed": "embedding", "hypernet": "hypernetwork",
                     "model": "checkpoint", "vae": "vae", "refiner": "checkpoint"}
-            add_resource(rec, kmap.get(kind_l, kind_l), name, h, hash_kind="AutoV2" if len(h) == 10 else None)
+            add_resource(rec, kmap.get(kind_l, kind_l), name, h)
     res = _json_or_none(lower.get("civitai resources", "")) if lower.get("civitai resources") else None
     if isinstance(res, list):
         add_civitai_resources(rec, res)

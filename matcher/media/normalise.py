@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from mirror.hashes import LENGTH_TYPES
+
 MAX_PROMPT_BYTES = 64 * 1024
 
 #: normalised scalar fields, in the order they are shown and stored
@@ -110,12 +112,13 @@ def set_size(rec: dict[str, Any], value: Any) -> None:
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
-_KIND_BY_LEN = {8: "AutoV1", 10: "AutoV2", 12: "AutoV3", 64: "SHA256"}
+#: a hex hash's kind from its length: the most likely type mirror.hashes names for that length
+_KIND_BY_LEN = {length: types[0][0] for length, types in LENGTH_TYPES.items()}
 
 
 def _hash_and_kind(h: str) -> tuple[str | None, str | None]:
     """The hash as upper-case hex without a ``blake3:``/``0x`` prefix (None when it is not hex), and its
-    kind from its shape: 8 AutoV1, 10 AutoV2, 12 AutoV3, 64 SHA256, blake3: BLAKE3, 0x+64 AutoV3 (SwarmUI)."""
+    kind from its shape: plain hex by its length (``_KIND_BY_LEN``), blake3: BLAKE3, 0x+64 AutoV3 (SwarmUI)."""
     s = h.strip()
     if not s:
         return None, None
