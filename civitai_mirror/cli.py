@@ -14,13 +14,13 @@ from civitai_mirror import __version__
 
 # Command name -> "module:attribute". Each package's cli.py owns its commands.
 COMMANDS: dict[str, str] = {
-    # crawler
-    "crawl": "crawler.cli:crawl",
-    "get": "crawler.cli:get",
-    # mirror
-    "build": "mirror.cli:build",
-    "lookup": "mirror.cli:lookup",
-    "serve": "mirror.cli:serve",
+    # crawler: API -> dump
+    "crawl": "civitai_mirror.commands.crawl:crawl",
+    "get": "civitai_mirror.commands.crawl:get",
+    # mirror: dump -> civitai.sqlite, lookup, serving
+    "build": "civitai_mirror.commands.mirror:build",
+    "lookup": "civitai_mirror.commands.mirror:lookup",
+    "serve": "civitai_mirror.commands.serve:serve",
     "demo": "civitai_mirror.demo:demo",
     # matcher
     "scan": "matcher.cli:scan",

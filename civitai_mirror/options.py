@@ -65,18 +65,24 @@ class Bar:
     def __bool__(self) -> bool:
         return self._progress is not None
 
-    def __call__(self, advance: int = 0, total: int | None = None, completed: int | None = None) -> None:
+    def __call__(self, advance: int = 0, total: int | None = None, completed: int | None = None,
+                 **fields: Any) -> None:
         if self._progress is None:
             return
-        if total is not None or completed is not None:
-            self._progress.update(self._task, total=total, completed=completed)
+        if total is not None or completed is not None or fields:
+            self._progress.update(self._task, total=total, completed=completed, **fields)
         if advance:
             self._progress.advance(self._task, advance)
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, *, unit: str = "items", total: int | None = None) -> Iterator[Bar]:
-    """A rich progress bar on stderr (``unit`` "bytes" shows bytes/s), or a silent ``Bar``."""
+def progress_bar(description: str, *, unit: str = "items", total: int | None = None, info: bool = False,
+                 console: Any = None) -> Iterator[Bar]:
+    """A rich progress bar on stderr, or a silent ``Bar`` when stderr is not a terminal.
+
+    ``unit="bytes"`` shows bytes and bytes/s instead of done/total; ``info=True`` adds a text column
+    the caller fills with ``bar(info=...)``; ``console`` is a rich Console to share with messages.
+    """
     if not sys.stderr.isatty():
         yield Bar()
         return
@@ -85,9 +91,10 @@ def progress_bar(description: str, *, unit: str = "items", total: int | None = N
                                TimeRemainingColumn, TransferSpeedColumn)
 
     counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "bytes" else (MofNCompleteColumn(),)
-    with Progress(TextColumn(description), BarColumn(), *counts, TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as progress:
-        yield Bar(progress, progress.add_task(description, total=total))
+    extra = (TextColumn("{task.fields[info]}"),) if info else ()
+    with Progress(TextColumn(description), BarColumn(), *counts, *extra, TimeRemainingColumn(),
+                  console=console or Console(stderr=True), transient=True) as progress:
+        yield Bar(progress, progress.add_task(description, total=total, info=""))
 
 
 def human_bytes(n: float) -> str:

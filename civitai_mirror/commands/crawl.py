@@ -1,16 +1,18 @@
-"""Command line for the crawler: thin wrappers over crawler.jobs and crawler.client."""
+"""``crawl`` and ``get``: thin wrappers over crawler.jobs and crawler.client."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
 
 import click
 import orjson
+from rich.console import Console
 
+from civitai_mirror.options import json_option, progress_bar, setup_logging, verbose_option
 from crawler.client import DEFAULT_API_BASE, CivitaiClient
+from crawler.jobs import CrawlOptions, run_crawl
 
 
 def _client_options(f):
@@ -44,11 +46,6 @@ def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_r
                          retries=retries, timeout=timeout, sleep_retries=sleep_retries, sleep_429=sleep_429)
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
 @click.command(name="crawl")
 @click.option("--start", type=click.IntRange(1, 2147483647), default=None, help="First model id of a range.")
 @click.option("--end", type=click.IntRange(1, 2147483647), default=None, help="Last model id of a range (inclusive).")
@@ -69,8 +66,8 @@ def _setup_logging(verbose: int) -> None:
 @click.option("--image-width", type=click.IntRange(0), default=450, show_default=True,
               help="Width of saved preview images (Civitai's width= URL part); 0 keeps the API's URL (original).")
 @click.option("--color/--no-color", default=None, help="Colour in the progress bar and summary (default: auto).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
+@json_option("Print the summary as one JSON object on stdout.")
+@verbose_option()
 @_client_options
 def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfound, per_id, confirm_missing,
           stop_after, threads, out, images, image_width, color, as_json, verbose,
@@ -88,9 +85,7 @@ def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfoun
         civitai-mirror crawl --retry
         civitai-mirror crawl --start 4400 --end 4500 --images --image-width 450
     """
-    from crawler.jobs import CrawlOptions, run_crawl
-
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if (start is None) != (end is None):
         raise click.ClickException("--start and --end go together: give both for a range")
     if start is not None and end < start:
@@ -106,10 +101,7 @@ def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfoun
                            images=images, image_width=image_width or None)
     client = _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429)
 
-    from rich.console import Console
-
     console = Console(stderr=True, no_color=(color is False), force_terminal=None)
-    show_bar = sys.stderr.isatty()
 
     async def main():
         stop = asyncio.Event()
@@ -129,23 +121,15 @@ def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfoun
         except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
             pass
         async with client:
-            if not show_bar:
-                return await run_crawl(options, client, None, stop)
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console,
-                          transient=True) as bar:
-                tid = bar.add_task("crawl", total=None, info="")
-
+            with progress_bar("crawl", info=True, console=console) as bar:
                 def on_progress(s):
                     info = (f"[green]{s.found} found[/] {s.notfound} not found "
                             f"[red]{s.errors} errors[/] {client.stats.rps():.1f} req/s")
                     if options.images:
                         info += f" images {s.images} {client.stats.bandwidth() / 1e6:.2f} MB/s"
-                    bar.update(tid, completed=s.done, total=s.total or None, info=info)
+                    bar(completed=s.done, total=s.total or None, info=info)
 
-                return await run_crawl(options, client, on_progress, stop)
+                return await run_crawl(options, client, on_progress if bar else None, stop)
 
     try:
         stats = asyncio.run(main())
@@ -181,7 +165,7 @@ def _url_for(path: str, base: str) -> str:
 
 @click.command(name="get")
 @click.argument("path")
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
+@verbose_option()
 @_client_options
 def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429) -> None:
     """Print one API answer (as JSON) through the crawler's session and retry policy.
@@ -194,7 +178,7 @@ def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retr
         civitai-mirror get "models?ids=4437,7808&nsfw=true"
         civitai-mirror get model-versions/by-hash/5B4CD3D7DB
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     client = _make_client(api_bases, api_key, 1, max_rps, retries, timeout, sleep_retries, sleep_429)
     url = _url_for(path, client.api_bases[0])
 
