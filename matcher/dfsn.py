@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from matcher.hashing import hash_file
+from matcher.sniff import SNIFF_BYTES, sniff_format
 
 MAGIC = b"DFSN"
 TYPE_CKPT, TYPE_SAFETENSORS = 1, 2
@@ -45,10 +46,8 @@ def _encode_metadata(metadata: dict[str, Any]) -> bytes:
 
 def model_type_of(path: str | Path) -> int:
     """DFSN type code of a model file from its first bytes (safetensors, or a pickle/zip ckpt)."""
-    from matcher.models import sniff_format
-
     with open(path, "rb") as handle:
-        head = handle.read(64)
+        head = handle.read(SNIFF_BYTES)
     fmt = sniff_format(head, str(path))
     if fmt == "safetensors":
         return TYPE_SAFETENSORS

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from matcher.models import sniff_magic
+from matcher.sniff import sniff_magic
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Containers:
 
 
 def sniff_format(head: bytes) -> str | None:
-    """The media readers' view of ``matcher.models.sniff_magic``: a QuickTime file is read as mp4."""
+    """The media readers' view of ``matcher.sniff.sniff_magic``: a QuickTime file is read as mp4."""
     fmt = sniff_magic(head)
     return "mp4" if fmt == "mov" else fmt
 
