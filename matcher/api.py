@@ -109,7 +109,7 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
     3. Unless ``dry_run``, a hit for a library file is recorded in its ``matches`` row exactly as
        ``civitai-mirror match`` records an orphan (method, confidence, reason, Civitai image id).
        A miss, a file outside the library or ``dry_run=True`` writes nothing.
-    4. With ``dest``, the sorter's plan (``matcher.sort.plan_moves``, with ``config``) says where
+    4. With ``dest``, the sorter's plan (``matcher.plan.plan_moves``, with ``config``) says where
        each library file would go (``destination``) or why it stays (``ignored_reason``); a
        BlurHash hit (confidence 0.4) is too weak to move a file, and in a dry run the new hits
        are not recorded, so the plan is the library's as it stands. Nothing is ever moved: run
@@ -132,7 +132,7 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
     """
     from matcher.hashing import hash_file
     from matcher.match import Mirror, _match_row, _now, _rows, orphan_result
-    from matcher.sort import _usable_match
+    from matcher.plan import usable_match
 
     mirror = Mirror(_existing_db(civitai_db_path))
     db = None
@@ -154,7 +154,7 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
             row = row[0]
             entry["file_id"] = row["id"]
             current = _rows(db, "select * from matches where file_id = ?", [row["id"]])
-            if current and _usable_match(current[0]):
+            if current and usable_match(current[0]):
                 m = current[0]
                 entry.update(status="matched", version_id=m["version_id"], model_id=m["model_id"],
                              model_name=m["model_name"], civitai_image_id=m.get("civitai_image_id"),
@@ -185,7 +185,7 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
         with db.conn:
             db["matches"].upsert_all(writes, pk="file_id", alter=True)
     if dest is not None and db is not None:
-        from matcher.sort import plan_moves
+        from matcher.plan import plan_moves
 
         plan = plan_moves(db, dest, config)
         moves = {m.file_id: m.destination for m in plan.moves if m.file_id is not None}

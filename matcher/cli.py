@@ -666,7 +666,7 @@ def _apply_with_progress(db, plan):
 
     from rich.progress import Progress
 
-    from matcher.sort import apply_plan
+    from matcher.journal import apply_plan
 
     with Progress(disable=not sys.stderr.isatty(), transient=True) as bar:
         task = bar.add_task("moving", total=len(plan.moves))
@@ -716,7 +716,8 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
     import json
     from pathlib import Path
 
-    from matcher.sort import Plan, plan_moves, recover_runs
+    from matcher.journal import recover_runs
+    from matcher.plan import Plan, plan_moves
 
     config, db_path, civitai_db, dest = _sort_settings(config_path, db_path, civitai_db, dest)
     db = _open_sort_db(db_path)
@@ -770,7 +771,7 @@ def undo(run_id, db_path, config_path, as_json) -> None:
         civitai-mirror undo
         civitai-mirror undo 20261122T010203Z-1a2b3c --db library.sqlite
     """
-    from matcher.sort import undo_run
+    from matcher.journal import undo_run
 
     _, db_path, _, _ = _sort_settings(config_path, db_path, None, None)
     db = _open_sort_db(db_path)
@@ -800,7 +801,7 @@ def runs(db_path, config_path, as_json) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from matcher.sort import list_runs
+    from matcher.journal import list_runs
 
     _, db_path, _, _ = _sort_settings(config_path, db_path, None, None)
     found = list_runs(_open_sort_db(db_path))
@@ -845,7 +846,7 @@ def legacy(scan_dirs, extract_metadata, process_orphaned, dry_run, force_rescan,
     import logging
     import os
 
-    from matcher.sort import plan_moves
+    from matcher.plan import plan_moves
 
     config, db_path, civitai_db, dest = _sort_settings(config_path, db_path, civitai_db, dest)
     if verbose or config.verbose:

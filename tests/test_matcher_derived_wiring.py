@@ -220,7 +220,8 @@ def test_record_holds_the_documented_names(world, lib):
 
 def test_config_default_type_folders_are_issue_6s():
     from matcher.config import Config
-    from matcher.sort import DEFAULT_TYPE_FOLDERS, type_folders
+    from matcher.config import DEFAULT_TYPE_FOLDERS
+    from matcher.plan import type_folders
 
     assert set(Config().model_type_folders.values()) == {
         "checkpoints", "loras", "embeddings", "hypernetworks", "controlnet", "vae", "upscalers", "other"}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from matcher import sort as sorter
+from matcher import journal
+from matcher.plan import plan_moves
 from matcher.schema import open_library
 
 MODEL_EXT = {".safetensors", ".ckpt", ".pt"}
@@ -184,7 +185,7 @@ def lib(tmp_path):
 def test_plan_is_pure_and_exact(lib):
     root, db, ids = lib
     before = manifest(root)
-    plan = sorter.plan_moves(db, root / "dest", {})
+    plan = plan_moves(db, root / "dest", {})
     assert manifest(root) == before
     got = {os.path.relpath(m.source, root): os.path.relpath(m.destination, root) for m in plan.moves}
     assert got == EXPECTED_MOVES
@@ -199,7 +200,7 @@ def test_plan_is_pure_and_exact(lib):
 
 def test_apply_gives_the_expected_tree_and_updates_library(lib):
     root, db, ids = lib
-    summary = sorter.apply_plan(db, sorter.plan_moves(db, root / "dest", {}))
+    summary = journal.apply_plan(db, plan_moves(db, root / "dest", {}))
     assert summary["state"] == "done"
     assert summary["journal"] == {"done": len(EXPECTED_MOVES), "ignored": 4}
     assert manifest(root) == expected_manifest(root)
@@ -207,7 +208,7 @@ def test_apply_gives_the_expected_tree_and_updates_library(lib):
     for src, dst in EXPECTED_MOVES.items():
         assert paths[ids[src]] == str(root / dst)
     # Running again finds everything in place: nothing to move.
-    again = sorter.plan_moves(db, root / "dest", {})
+    again = plan_moves(db, root / "dest", {})
     assert again.moves == []
     assert again.in_place == len(EXPECTED_MOVES)
 
@@ -215,7 +216,7 @@ def test_apply_gives_the_expected_tree_and_updates_library(lib):
 def test_pinned_suggestion_is_sorted(lib):
     root, db, ids = lib
     db.table("matches").update(ids["src/two/a.safetensors"], {"pinned": 1})
-    plan = sorter.plan_moves(db, root / "dest", {})
+    plan = plan_moves(db, root / "dest", {})
     got = {os.path.relpath(m.source, root): os.path.relpath(m.destination, root) for m in plan.moves}
     assert got["src/two/a.safetensors"] == "dest/models/loras/SD1.5/Maybe A/a.safetensors"
     # a.png has a's stem, so it travels with it.
@@ -224,10 +225,10 @@ def test_pinned_suggestion_is_sorted(lib):
 
 def test_type_folders_from_config(lib):
     root, db, ids = lib
-    flat = sorter.plan_moves(db, root / "dest", {"use_model_type_subfolders": "false"})
+    flat = plan_moves(db, root / "dest", {"use_model_type_subfolders": "false"})
     dests = {os.path.relpath(m.destination, root) for m in flat.moves}
     assert "dest/models/SDXL/Bee LoCon/b.safetensors" in dests
-    custom = sorter.plan_moves(db, root / "dest", {"model_type_folders": "LORA = Lora, checkpoint=Stable-diffusion"})
+    custom = plan_moves(db, root / "dest", {"model_type_folders": "LORA = Lora, checkpoint=Stable-diffusion"})
     dests = {os.path.relpath(m.destination, root) for m in custom.moves}
     assert "dest/models/Lora/SDXL/Bee LoCon/b.safetensors" in dests
     assert "dest/models/Stable-diffusion/Pony/Remote Model/gen4.png" in dests
@@ -238,9 +239,9 @@ def test_sort_then_undo_restores_the_exact_manifest(lib):
     root, db, ids = lib
     before = manifest(root)
     paths_before = sorted(r["path"] for r in db.query("select path from files"))
-    run = sorter.apply_plan(db, sorter.plan_moves(db, root / "dest", {}))
+    run = journal.apply_plan(db, plan_moves(db, root / "dest", {}))
     assert manifest(root) != before
-    result = sorter.undo_run(db)
+    result = journal.undo_run(db)
     assert result["run_id"] == run["run_id"]
     assert result["refused"] == [] and result["state"] == "undone"
     assert manifest(root) == before
@@ -249,16 +250,16 @@ def test_sort_then_undo_restores_the_exact_manifest(lib):
     assert not (root / LORA_DIR).exists()
     assert (root / CKPT_DIR / "dreamy.ckpt").read_bytes() == TREE["dest/models/checkpoints/SDXL1.0/Dreamy/dreamy.ckpt"]
     with pytest.raises(LookupError):
-        sorter.undo_run(db)
+        journal.undo_run(db)
 
 
 def test_undo_refuses_a_changed_file_and_restores_the_rest(lib):
     root, db, ids = lib
     before = manifest(root)
-    sorter.apply_plan(db, sorter.plan_moves(db, root / "dest", {}))
+    journal.apply_plan(db, plan_moves(db, root / "dest", {}))
     changed = root / LORA_DIR / "gen1.png"
     changed.write_bytes(b"\x89PNG edited by the user")
-    result = sorter.undo_run(db)
+    result = journal.undo_run(db)
     assert result["state"] == "partially_undone"
     assert [r["destination"] for r in result["refused"]] == [str(changed)]
     assert "changed" in result["refused"][0]["reason"]
@@ -269,24 +270,24 @@ def test_undo_refuses_a_changed_file_and_restores_the_rest(lib):
     assert after == expected
     # The user puts the file back as it was: undo again finishes the run.
     changed.write_bytes(TREE["src/images/gen1.png"])
-    assert sorter.undo_run(db)["state"] == "undone"
+    assert journal.undo_run(db)["state"] == "undone"
     assert manifest(root) == before
 
 
 def test_never_overwrites_a_name_taken_after_planning(lib):
     root, db, ids = lib
-    plan = sorter.plan_moves(db, root / "dest", {})
+    plan = plan_moves(db, root / "dest", {})
     squatter = root / "dest/models/loras/SDXL/Bee LoCon/b.safetensors"
     squatter.parent.mkdir(parents=True)
     squatter.write_bytes(b"arrived meanwhile")
-    sorter.apply_plan(db, plan)
+    journal.apply_plan(db, plan)
     assert squatter.read_bytes() == b"arrived meanwhile"
     assert (squatter.parent / "b (1).safetensors").read_bytes() == TREE["src/two/b.safetensors"]
 
 
 def test_exception_mid_apply_then_recovery_finishes(lib, monkeypatch):
     root, db, ids = lib
-    real, calls = sorter.move_file, []
+    real, calls = journal.move_file, []
 
     def flaky(*args, **kwargs):
         calls.append(args)
@@ -294,13 +295,13 @@ def test_exception_mid_apply_then_recovery_finishes(lib, monkeypatch):
             raise RuntimeError("injected crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sorter, "move_file", flaky)
+    monkeypatch.setattr(journal, "move_file", flaky)
     with pytest.raises(RuntimeError):
-        sorter.apply_plan(db, sorter.plan_moves(db, root / "dest", {}))
-    monkeypatch.setattr(sorter, "move_file", real)
-    run = sorter.list_runs(db)[0]
+        journal.apply_plan(db, plan_moves(db, root / "dest", {}))
+    monkeypatch.setattr(journal, "move_file", real)
+    run = journal.list_runs(db)[0]
     assert run["state"] == "interrupted" and run["journal"]["done"] == 4
-    recovered = sorter.recover_runs(db)
+    recovered = journal.recover_runs(db)
     assert [r["state"] for r in recovered] == ["done"]
     assert manifest(root) == expected_manifest(root)
 
@@ -308,7 +309,7 @@ def test_exception_mid_apply_then_recovery_finishes(lib, monkeypatch):
 def test_exception_mid_apply_then_rollback_restores(lib, monkeypatch):
     root, db, ids = lib
     before = manifest(root)
-    real, calls = sorter.move_file, []
+    real, calls = journal.move_file, []
 
     def flaky(*args, **kwargs):
         calls.append(args)
@@ -316,21 +317,22 @@ def test_exception_mid_apply_then_rollback_restores(lib, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sorter, "move_file", flaky)
+    monkeypatch.setattr(journal, "move_file", flaky)
     with pytest.raises(KeyboardInterrupt):
-        sorter.apply_plan(db, sorter.plan_moves(db, root / "dest", {}))
-    monkeypatch.setattr(sorter, "move_file", real)
-    assert [r["state"] for r in sorter.recover_runs(db, rollback=True)] == ["rolled_back"]
+        journal.apply_plan(db, plan_moves(db, root / "dest", {}))
+    monkeypatch.setattr(journal, "move_file", real)
+    assert [r["state"] for r in journal.recover_runs(db, rollback=True)] == ["rolled_back"]
     assert manifest(root) == before
 
 
 CRASH_SCRIPT = r"""
 import os, sys
-from matcher import sort as sorter
+from matcher import journal
+from matcher.plan import plan_moves
 from matcher.schema import open_library
 root, mode = sys.argv[1], sys.argv[2]
 db = open_library(os.path.join(root, "library.sqlite"))
-plan = sorter.plan_moves(db, os.path.join(root, "dest"), {})
+plan = plan_moves(db, os.path.join(root, "dest"), {})
 real_rename, real_unlink = os.rename, os.unlink
 count = [0]
 def rename(src, dst):
@@ -347,14 +349,14 @@ def unlink(path):
             os._exit(9)      # killed after the verified copy is in place, before the source is unlinked
     real_unlink(path)
 os.rename, os.unlink = rename, unlink
-sorter.apply_plan(db, plan)
+journal.apply_plan(db, plan)
 """
 
 
 @pytest.mark.parametrize("mode", ["rename", "exdev"])
 def test_killed_process_then_recovery_loses_nothing(lib, mode):
     root, db, ids = lib
-    env = {**os.environ, "PYTHONPATH": str(Path(sorter.__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(journal.__file__).resolve().parent.parent)}
     proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(root), mode], env=env)
     assert proc.returncode == 9
     db = open_library(root / "library.sqlite")
@@ -363,10 +365,10 @@ def test_killed_process_then_recovery_loses_nothing(lib, mode):
     if mode == "exdev":   # the copy exists twice on disk right now
         assert len(manifest(root)) == len(TREE) + 1
     # The next apply (here: its automatic recovery) finishes the dead run.
-    sorter.recover_runs(db)
+    journal.recover_runs(db)
     assert manifest(root) == expected_manifest(root)
     assert not list(root.rglob("*.part"))
-    assert sorter.undo_run(db)["state"] == "undone"
+    assert journal.undo_run(db)["state"] == "undone"
 
 
 def test_cross_device_moves_copy_verify_unlink(lib, monkeypatch):
@@ -381,11 +383,11 @@ def test_cross_device_moves_copy_verify_unlink(lib, monkeypatch):
     # One library hash is stale (same size and mtime, different content): the copy must not verify.
     stale = ids["src/images/gen3.jpg"]
     db.table("files").update(stale, {"sha256": "0" * 64})
-    summary = sorter.apply_plan(db, sorter.plan_moves(db, root / "dest", {}))
+    summary = journal.apply_plan(db, plan_moves(db, root / "dest", {}))
     assert summary["journal"] == {"done": len(EXPECTED_MOVES) - 1, "failed": 1, "ignored": 4}
     moves = dict(EXPECTED_MOVES)
     del moves["src/images/gen3.jpg"]
     assert manifest(root) == expected_manifest(root, moves)
     assert not list(root.rglob("*.part"))
-    assert sorter.undo_run(db)["state"] == "undone"
+    assert journal.undo_run(db)["state"] == "undone"
     assert manifest(root) == before
