@@ -34,7 +34,7 @@ from matcher.schema import open_library  # noqa: E402
 
 
 NOTES = """
-Files of 64 MiB or more are hashed from a memory map held by a helper process (matcher/hashing.py): the
+Files of 64 MiB or more are hashed from a memory map held by a helper process (matcher/mapped.py): the
 hasher threads read the page cache directly, no copy into our buffers, and wait for each other every
 16 MiB so the disk is still read once. A file truncated under a map raises SIGBUS; in the helper that
 kills only the helper (the file is reported as changed, tested), never the scan. The copying reader

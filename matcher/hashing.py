@@ -16,39 +16,24 @@ Definitions (Civitai's, as its API and site compute them; every hex string upper
 
 One reader feeds every hasher; on large inputs each hasher runs in its own thread (hashlib, zlib
 and blake3 release the GIL), so the pass costs about as much as its slowest hash, not their sum.
-Files of ``MAPPED_MIN_SIZE`` or more skip even the copy into our buffers: a helper process maps the
-file and its hasher threads read the page cache directly, in step, chunk by chunk (still one pass
-over the disk). It is a separate process because a file truncated under a memory map raises SIGBUS,
-which would kill a scan; here it kills only the helper, and the file is reported as changed.
+Files of ``MAPPED_MIN_SIZE`` or more skip even the copy into our buffers: ``matcher.mapped`` hashes
+them from a memory map in a helper process (still one pass over the disk).
 
 ``fingerprint`` is a cheap sampled identity (size + head/middle/tail) used to recognise a moved
 file without hashing it; it is not a Civitai hash.
 """
 from __future__ import annotations
 
-import atexit
 import hashlib
-import json
-import logging
-import mmap
 import os
 import queue
-import signal
-import subprocess
-import sys
 import threading
-import zlib
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import blake3
 
-from mirror.hashes import EMPTY_SHA256
-
-try:  # ISA-L's crc32 (carry-less multiply) is ~10x zlib's; same CRC-32, same values
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # pragma: no cover - optional speed-up
-    _crc32 = zlib.crc32
+from matcher.hashers import FileChangedError, hex_digest, new_hasher
+from matcher.mapped import hash_mapped
 
 #: Keys of the dict ``hash_file`` returns (Civitai's names, plus the full AutoV3 and A1111's AutoV1).
 HASH_KEYS = ("SHA256", "AutoV1", "AutoV2", "AutoV3", "AutoV3_full", "CRC32", "BLAKE3")
@@ -69,20 +54,12 @@ _BUFFERS = 4
 THREADED_MIN_SIZE = 8 << 20
 #: Inputs of this size or more are hashed from a memory map in a helper process (no copy).
 MAPPED_MIN_SIZE = 64 << 20
-#: how far the mapped hashers may run apart (they wait for each other after every chunk)
-MAPPED_CHUNK_SIZE = 16 << 20
-
-log = logging.getLogger(__name__)
 
 # `want` names -> the hashers they need.
 _NEEDS = {
     "SHA256": "sha256", "AutoV2": "sha256", "AutoV1": "autov1", "AutoV1_A1111": "autov1",
     "AutoV3": "autov3", "AutoV3_full": "autov3", "CRC32": "crc32", "BLAKE3": "blake3",
 }
-
-
-class FileChangedError(OSError):
-    """The file's size changed while it was read (it is still being written)."""
 
 
 def _normalise_want(want: Iterable[str] | None) -> set[str]:
@@ -95,24 +72,6 @@ def _normalise_want(want: Iterable[str] | None) -> set[str]:
             raise ValueError(f"unknown hash type {key!r}; known: {', '.join(ALL_KEYS)}")
         needed.add(lookup[key.lower()])
     return needed
-
-
-class _Crc32:
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: Any) -> None:
-        self.value = _crc32(data, self.value)
-
-
-def _new_hasher(kind: str) -> Any:
-    return {"sha256": hashlib.sha256, "blake3": blake3.blake3, "crc32": _Crc32}[kind]()
-
-
-def _digest(kind: str, hasher: Any) -> str:
-    if kind == "crc32":  # Civitai prints the CRC's bytes little-endian
-        return hasher.value.to_bytes(4, "little").hex().upper()
-    return hasher.hexdigest().upper()
 
 
 class _Tail:
@@ -248,7 +207,7 @@ def hash_file(
 
         if mapped is None:
             mapped = size >= MAPPED_MIN_SIZE and threaded is not False
-        digests = _hash_mapped(path, offset, size, jobs, progress) if mapped and jobs else None
+        digests = hash_mapped(path, offset, size, jobs, progress) if mapped and jobs else None
         if digests is not None:
             autov1_parts = [os.pread(handle.fileno(), AUTOV1_LENGTH, offset + AUTOV1_OFFSET)] if want_autov1 else []
         else:
@@ -274,7 +233,7 @@ def _hash_read(handle: Any, head: bytes, size: int, offset: int, jobs: list[tupl
                want_autov1: bool, progress: Callable[[int], None] | None, chunk_size: int | None,
                threaded: bool | None) -> tuple[dict[str, str], list[bytes]]:
     """The copying reader: ``readinto`` reused buffers, hashers fed in this thread or in threads."""
-    hashers = {name: _new_hasher(kind) for name, kind, _ in jobs}
+    hashers = {name: new_hasher(kind) for name, kind, _ in jobs}
     updaters = [hashers[name] if start == 0 else _Tail(hashers[name], start) for name, _, start in jobs]
     autov1_parts: list[bytes] = []
     read_total = 0
@@ -331,172 +290,7 @@ def _hash_read(handle: Any, head: bytes, size: int, offset: int, jobs: list[tupl
         read_total = size
     if read_total != size:
         raise FileChangedError(f"{handle.name} changed size while it was read ({size} -> {read_total} bytes)")
-    return {name: _digest(kind, hashers[name]) for name, kind, _ in jobs}, autov1_parts
-
-
-# --- Large files: hashed from a memory map, in a helper process --------------------------------------
-#
-# Protocol on the helper's stdin/stdout, one line per message:
-#   request  {"path": str, "offset": int, "size": int, "jobs": [[name, kind, start], ...]}
-#   replies  "P <bytes>" after every chunk, then "R <json {name: hex}>" or "E <changed|error> <message>"
-
-
-def _mapped_digests(path: str, offset: int, size: int, jobs: list, report: Callable[[int], None]) -> dict[str, str]:
-    """The helper's side: every job hashes its range of the mapped file; the threads keep in step."""
-    with open(path, "rb", buffering=0) as handle:
-        if os.fstat(handle.fileno()).st_size != offset + size:
-            raise FileChangedError(f"{path} changed size before it was hashed")
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
-            digests = _hash_mapping(mapping, offset, size, jobs, report)
-        if os.fstat(handle.fileno()).st_size != offset + size:
-            raise FileChangedError(f"{path} changed size while it was read")
-    return digests
-
-
-def _hash_mapping(mapping: mmap.mmap, offset: int, size: int, jobs: list,
-                  report: Callable[[int], None]) -> dict[str, str]:
-    """Every job hashes its range of ``mapping``, one thread each, in step every chunk."""
-    if hasattr(mapping, "madvise"):
-        mapping.madvise(mmap.MADV_SEQUENTIAL)
-    view = memoryview(mapping)
-    end = offset + size
-    steps = [(lo, min(end, lo + MAPPED_CHUNK_SIZE)) for lo in range(offset, end, MAPPED_CHUNK_SIZE)]
-    hashers = [(name, kind, _new_hasher(kind), offset + start) for name, kind, start in jobs]
-    done = iter(steps)
-
-    def step_done() -> None:
-        lo, hi = next(done)
-        report(hi - lo)
-
-    barrier = threading.Barrier(len(hashers), action=step_done) if len(hashers) > 1 else None
-    failures: list[BaseException] = []
-
-    def run(hasher: Any, first: int) -> None:
-        try:
-            for lo, hi in steps:
-                lo = max(lo, first)
-                if lo < hi:
-                    hasher.update(view[lo:hi])
-                if barrier is not None:
-                    barrier.wait()
-                else:
-                    step_done()
-        except threading.BrokenBarrierError:
-            pass
-        except BaseException as exc:  # pragma: no cover - hashers do not fail
-            failures.append(exc)
-            if barrier is not None:
-                barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(h, first), name="mapped-hash") for _, _, h, first in hashers[1:]]
-    for thread in threads:
-        thread.start()
-    run(hashers[0][2], hashers[0][3])
-    for thread in threads:
-        thread.join()
-    view.release()
-    if failures:
-        raise failures[0]
-    return {name: _digest(kind, hasher) for name, kind, hasher, _ in hashers}
-
-
-def _serve_mapped() -> None:
-    """The helper process's loop: one request per stdin line, until stdin closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    out = sys.stdout.buffer
-
-    def send(line: str) -> None:
-        out.write(line.encode() + b"\n")
-        out.flush()
-
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        try:
-            digests = _mapped_digests(request["path"], request["offset"], request["size"],
-                                      request["jobs"], lambda n: send(f"P {n}"))
-        except FileChangedError as exc:
-            send(f"E changed {exc}")
-        except Exception as exc:
-            send(f"E error {exc}")
-        else:
-            send("R " + json.dumps(digests))
-
-
-class _MappedHelper:
-    """One helper process (``python -c "...hashing._serve_mapped()"``), reused for many files."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)  # so the helper imports this same package
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from matcher.hashing import _serve_mapped; _serve_mapped()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-
-    def hash(self, path: str, offset: int, size: int, jobs: list, progress: Callable[[int], None] | None) -> dict:
-        request = {"path": path, "offset": offset, "size": size, "jobs": jobs}
-        try:
-            self.process.stdin.write(json.dumps(request).encode() + b"\n")
-            self.process.stdin.flush()
-        except OSError:
-            pass  # it is gone: the read below says how
-        for line in self.process.stdout:
-            tag, _, rest = line.rstrip(b"\n").partition(b" ")
-            if tag == b"P":
-                if progress is not None:
-                    progress(int(rest))
-            elif tag == b"R":
-                return json.loads(rest)
-            else:
-                why, _, message = rest.decode(errors="replace").partition(" ")
-                raise (FileChangedError if why == "changed" else OSError)(message)
-        code = self.process.wait()
-        if code == -getattr(signal, "SIGBUS", 7):
-            raise FileChangedError(f"{path} changed while it was read (it shrank under the memory map)")
-        raise OSError(f"the hash helper for {path} stopped (exit status {code})")
-
-    def close(self) -> None:
-        try:
-            self.process.stdin.close()
-            self.process.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):  # pragma: no cover
-            self.process.kill()
-
-
-_idle_helpers: list[_MappedHelper] = []
-_helpers_lock = threading.Lock()
-_helpers_broken = False
-
-
-def _hash_mapped(path: str | os.PathLike, offset: int, size: int, jobs: list,
-                 progress: Callable[[int], None] | None) -> dict[str, str] | None:
-    """Digests from a helper process, or ``None`` when no helper can run here (the caller reads)."""
-    global _helpers_broken
-    if _helpers_broken:
-        return None
-    with _helpers_lock:
-        helper = _idle_helpers.pop() if _idle_helpers else None
-    if helper is None:
-        try:
-            helper = _MappedHelper()
-        except OSError as exc:  # pragma: no cover - no subprocesses on this platform
-            log.warning("hashing large files without a helper process: %s", exc)
-            _helpers_broken = True
-            return None
-    try:
-        return helper.hash(os.fspath(path), offset, size, [list(job) for job in jobs], progress)
-    finally:
-        if helper.process.poll() is None:  # answered (digests or an error): reuse it; a dead one is dropped
-            with _helpers_lock:
-                _idle_helpers.append(helper)
-
-
-@atexit.register
-def _close_helpers() -> None:
-    with _helpers_lock:
-        helpers, _idle_helpers[:] = list(_idle_helpers), []
-    for helper in helpers:
-        helper.close()
+    return {name: hex_digest(kind, hashers[name]) for name, kind, _ in jobs}, autov1_parts
 
 
 FINGERPRINT_SAMPLE = 64 * 1024
@@ -525,5 +319,4 @@ def sha256_file(path: str | os.PathLike) -> str:
     return hash_file(path, want=("SHA256",))["SHA256"]
 
 
-__all__ = ["hash_file", "sha256_file", "FileChangedError", "HASH_KEYS", "ALL_KEYS", "EMPTY_SHA256",
-           "fingerprint"]
+__all__ = ["hash_file", "sha256_file", "HASH_KEYS", "ALL_KEYS", "fingerprint"]

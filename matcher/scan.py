@@ -25,7 +25,8 @@ import sqlite_utils
 
 from matcher import models
 from matcher.config import DEFAULT_MAX_FILE_SIZE
-from matcher.hashing import FileChangedError, fingerprint, hash_file
+from matcher.hashers import FileChangedError
+from matcher.hashing import fingerprint, hash_file
 
 log = logging.getLogger(__name__)
 

@@ -224,7 +224,7 @@ def test_mapped_helper_with_offset_and_huge_header(tmp_path):
 
 def test_mapped_helper_survives_a_file_truncated_under_it(tmp_path):
     """A file cut short while mapped raises SIGBUS: it must kill only the helper, never the scan."""
-    from matcher.hashing import FileChangedError
+    from matcher.hashers import FileChangedError
 
     path = tmp_path / "shrinking.safetensors"
     with open(path, "wb") as handle:  # 1 GiB, sparse: hashing it all would take seconds
@@ -248,9 +248,9 @@ def test_large_files_go_through_the_helper_in_a_scan(tmp_path, monkeypatch):
     lora.write_bytes(safetensors_bytes(header_len=200, data=os.urandom(2 * MiB),
                                        metadata={"ss_network_module": "networks.lora"}))
     calls = []
-    real = hashing._hash_mapped
+    real = hashing.hash_mapped
     monkeypatch.setattr(hashing, "MAPPED_MIN_SIZE", MiB)
-    monkeypatch.setattr(hashing, "_hash_mapped", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(hashing, "hash_mapped", lambda *a: calls.append(a[0]) or real(*a))
     result = CliRunner().invoke(cli, ["hash", str(lora), "--json"])
     assert result.exit_code == 0, result.output
     got = json.loads(result.output)
