@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 sys.path.insert(0, str(REPO / "bench"))
 
+from mirror.build import build_mirror  # noqa: E402
 from mirror.lookup import lookup_hash  # noqa: E402
 from mirror.schema import CIVITAI_SCHEMA, apply_schema  # noqa: E402
 from results import write_section  # noqa: E402
@@ -253,7 +254,7 @@ def main() -> None:
                     n_models, n_versions, n_file_rows, n_hashes, n_images = counts
         db = tmp / "this commit.sqlite"
         t0 = time.perf_counter()
-        again = build_mirror_incremental(dump, db)
+        again = build_mirror(dump, db)
         noop = time.perf_counter() - t0
         db_size = os.path.getsize(db)
         parse_wall = statistics.median(p[0] for p in parses)
@@ -311,16 +312,11 @@ machine (load average {min(loads):.1f}–{max(loads):.1f} during the rounds).
 """ + NOTES)
 
 
-def build_mirror_incremental(dump: Path, db: Path):
-    from mirror.build import build_mirror
-    return build_mirror(dump, db)
-
-
 # What the numbers above do not show: how the time was found and what was tried (kept by hand).
 NOTES = """
 ### Pass 4 (wall time on 2 cores): what changed and what was measured
 
-- **Parallel fresh build without pickling rows** (`_load_parallel`): a `--full`/first build
+- **Parallel fresh build without pickling rows** (`mirror.build_parallel`): a `--full`/first build
   splits the sorted file list at model-id boundaries; one extra process per idle core reads,
   parses, derives and inserts its slice into its own file (`civitai.sqlite.tmp.partN`, load schema,
   journal and fsync off) while the main process loads the first slice into the target. The slices
@@ -374,7 +370,7 @@ only: 3.6–5.8× the parse) already leaves little room.
 
 - JSON columns last in every table (`data`, `meta`), so index builds and facets never walk a JSON
   value's overflow pages; secondary indexes built once after a fresh load (`_LOAD_SCHEMA`);
-  `derive_model` builds row tuples in a named column order (`_ROW_COLS`); JSON bound as orjson
+  `derive_model` builds row tuples in a named column order (`ROW_COLUMNS`); JSON bound as orjson
   bytes and cast to TEXT in SQL; `file_hashes` and `models_tags` WITHOUT ROWID; journal off,
   synchronous off, `locking_mode=EXCLUSIVE` for the fresh temp file. Dropped then: page_size
   8/16/64 KiB (no change), the pickling worker pool (more CPU than it saved; replaced by the slice

@@ -11,7 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
-from mirror.build import (build_mirror, derive_model, normalize_commercial_use, parse_document)
+import mirror.load
+from mirror.build import build_mirror
+from mirror.derive import derive_model, normalize_commercial_use
+from mirror.dump_reader import parse_document
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dump"
 JAN_1 = 1767225600  # 2026-01-01T00:00:00Z
@@ -280,14 +283,13 @@ def test_worker_processes_build_the_same_rows(tmp_path):
     (dump / "pages" / "models-newest-page2.json").write_text(json.dumps(page))
     os.utime(dump / "pages" / "models-newest-page2.json", (JAN_1 + 60, JAN_1 + 60))
     serial, pooled = tmp_path / "serial.sqlite", tmp_path / "pooled.sqlite"
-    import mirror.build as build
-    old = build.TASK_FILES
-    build.TASK_FILES = 2  # several tasks per slice, side files kept with their main file
+    old = mirror.load.TASK_FILES
+    mirror.load.TASK_FILES = 2  # several tasks per slice, side files kept with their main file
     try:
         a = build_mirror(dump, serial, workers=0)
         b = build_mirror(dump, pooled, workers=2)
     finally:
-        build.TASK_FILES = old
+        mirror.load.TASK_FILES = old
     assert (b.models, b.versions, b.files, b.hashes, b.images, b.errors, b.skipped, b.files_read,
             b.snapshots_new) == (a.models, a.versions, a.files, a.hashes, a.images, a.errors,
                                  a.skipped, a.files_read, a.snapshots_new)

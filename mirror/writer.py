@@ -1,0 +1,180 @@
+"""Writing into civitai.sqlite: snapshot rows, a model's derived rows, and the bulk-load database.
+
+A ``Writer`` holds the open connection, the tag ids and the build's counts while a build runs.
+``write_models(clean=True)`` first removes what those models had (re-derivation); outside a fresh
+build it keeps ``models_fts`` in step. A fresh build loads into :func:`open_load_db` (no journal,
+no secondary indexes) and builds its indexes once at the end (:func:`index_loaded`).
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlite_utils
+
+from mirror.derive import ROW_COLUMNS, ModelRows
+from mirror.dump_reader import Snapshot
+from mirror.schema import CIVITAI_SCHEMA, apply_schema
+
+# derive_model hands these JSON columns over as orjson's bytes: stored as TEXT by the INSERT
+_CAST_COLUMNS = frozenset({"data", "meta"})
+
+
+@dataclass
+class BuildSummary:
+    """What a build read and wrote (``build_mirror`` returns it; the loaders and the writer count)."""
+    files_read: int = 0
+    files_unchanged: int = 0
+    files_removed: int = 0
+    snapshots_new: int = 0
+    models: int = 0
+    versions: int = 0
+    files: int = 0
+    hashes: int = 0
+    images: int = 0
+    local_images: int = 0
+    models_rebuilt: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["errors"] = [{"path": p, "error": e} for p, e in self.errors]
+        return d
+
+
+def _insert_sql(table: str, columns: list[str], verb: str = "INSERT OR REPLACE") -> str:
+    cols = ", ".join(f'"{c}"' for c in columns)
+    marks = ", ".join("CAST(? AS TEXT)" if c in _CAST_COLUMNS else "?" for c in columns)
+    return f'{verb} INTO "{table}" ({cols}) VALUES ({marks})'
+
+
+COLUMNS = {name: list(spec["columns"]) for name, spec in CIVITAI_SCHEMA.items()}
+# each table's INSERT, its columns in the order derive_model builds the row tuples
+INSERT_SQL = {name: _insert_sql(name, cols) for name, cols in {**COLUMNS, **ROW_COLUMNS}.items()}
+# CIVITAI_SCHEMA without secondary indexes: what a fresh build loads into
+_LOAD_SCHEMA = {name: {k: v for k, v in spec.items() if k != "indexes"}
+                for name, spec in CIVITAI_SCHEMA.items()}
+_CHILD_TABLES = ("model_versions", "model_files", "file_hashes", "images", "archived_model_files")
+
+
+def snapshot_row(s: Snapshot) -> tuple:
+    return (s.model_id, s.sha, s.fetched_at, s.kind,
+            (s.data or {}).get("mode") if s.kind == "model" else None,
+            len(s.data.get("modelVersions") or []) if s.kind == "model" else
+            (1 if s.kind == "version" else 0),
+            _file_count(s), s.path, s.text)
+
+
+class Writer:
+    """Holds the open connection, the tag ids and the summary while a build runs."""
+
+    def __init__(self, conn: sqlite3.Connection, summary: BuildSummary, fresh: bool):
+        self.conn = conn
+        self.summary = summary
+        self.fresh = fresh
+        self.tag_ids = {name: tid for tid, name in conn.execute("SELECT id, name FROM tags")}
+        self.next_tag = max(self.tag_ids.values(), default=0) + 1
+
+    def insert_snapshots(self, snap_rows: list[tuple]) -> None:
+        before = self.conn.total_changes
+        self.conn.executemany(
+            _insert_sql("model_snapshots", COLUMNS["model_snapshots"], "INSERT OR IGNORE"), snap_rows)
+        self.summary.snapshots_new += self.conn.total_changes - before
+
+    def write_models(self, model_ids: list[int], rows: list[ModelRows], clean: bool) -> None:
+        """Write derived rows; ``clean`` first removes what these models had (re-derivation)."""
+        conn = self.conn
+        if clean and model_ids:
+            for start in range(0, len(model_ids), 500):
+                ids = model_ids[start:start + 500]
+                marks = ",".join("?" * len(ids))
+                if not self.fresh:  # a fresh build fills models_fts once at the end
+                    conn.execute(
+                        "INSERT INTO models_fts(models_fts, rowid, name, description_text, tags) "
+                        "SELECT 'delete', rowid, name, description_text, tags FROM models "
+                        f"WHERE id IN ({marks})", ids)
+                for table in _CHILD_TABLES:
+                    conn.execute(f'DELETE FROM "{table}" WHERE model_id IN ({marks})', ids)
+                conn.execute(f"DELETE FROM models_tags WHERE models_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM models WHERE id IN ({marks})", ids)
+        creators = {}
+        model_tags = []
+        for r in rows:
+            if r.creator:
+                creators[r.creator[0]] = r.creator
+            for tag in r.tags:
+                tid = self.tag_ids.get(tag)
+                if tid is None:
+                    tid = self.tag_ids[tag] = self.next_tag
+                    self.next_tag += 1
+                    conn.execute("INSERT INTO tags (id, name) VALUES (?, ?)", (tid, tag))
+                model_tags.append((r.model_id, tid))
+        if creators:
+            conn.executemany(
+                "INSERT INTO creators (username, image) VALUES (?, ?) ON CONFLICT(username) "
+                "DO UPDATE SET image = coalesce(excluded.image, creators.image)",
+                list(creators.values()))
+        conn.executemany(INSERT_SQL["models"], [r.model for r in rows])
+        conn.executemany(INSERT_SQL["model_versions"], [v for r in rows for v in r.versions])
+        conn.executemany(INSERT_SQL["model_files"], [f for r in rows for f in r.files])
+        conn.executemany(INSERT_SQL["images"], [i for r in rows for i in r.images])
+        conn.executemany(INSERT_SQL["file_hashes"], [h for r in rows for h in r.hashes])
+        conn.executemany(INSERT_SQL["archived_model_files"], [a for r in rows for a in r.archived])
+        conn.executemany("INSERT OR IGNORE INTO models_tags (models_id, tags_id) VALUES (?, ?)",
+                         model_tags)
+        if not self.fresh and rows:
+            ids = [r.model_id for r in rows]
+            for start in range(0, len(ids), 500):
+                part = ids[start:start + 500]
+                conn.execute(
+                    "INSERT INTO models_fts(rowid, name, description_text, tags) SELECT rowid, "
+                    f"name, description_text, tags FROM models WHERE id IN ({','.join('?' * len(part))})",
+                    part)
+        self.summary.models_rebuilt += len(rows)
+
+    def load_snapshots(self, model_ids: list[int]) -> dict[int, list[Snapshot]]:
+        out: dict[int, list[Snapshot]] = {}
+        for start in range(0, len(model_ids), 500):
+            ids = model_ids[start:start + 500]
+            for model_id, sha, fetched_at, kind, path, text in self.conn.execute(
+                    "SELECT model_id, sha, fetched_at, kind, path, data FROM model_snapshots "
+                    f"WHERE model_id IN ({','.join('?' * len(ids))})", ids):
+                data = orjson.loads(text) if kind != "notfound" else None
+                out.setdefault(model_id, []).append(
+                    Snapshot(model_id, kind, fetched_at, path, sha, text, data))
+        return out
+
+
+def _file_count(s: Snapshot) -> int:
+    if s.kind == "model":
+        return sum(len(v.get("files") or []) for v in s.data.get("modelVersions") or []
+                   if isinstance(v, dict))
+    if s.kind == "version":
+        return len(s.data.get("files") or [])
+    return 0
+
+
+def index_loaded(db: sqlite_utils.Database) -> None:
+    """After a bulk load into :func:`open_load_db`: the secondary indexes, then the full-text index."""
+    apply_schema(db, CIVITAI_SCHEMA)
+    db.conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+
+
+def open_load_db(path: Path) -> sqlite_utils.Database:
+    """A new database file to bulk-load into: no journal, no fsync, no secondary indexes yet."""
+    db = sqlite_utils.Database(str(path))
+    conn = db.conn
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("PRAGMA cache_size=-262144")  # 256 MiB
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # Secondary indexes are built once after the load (one sort each instead of a random
+    # B-tree insert per row). Cheap because the JSON columns come last in every table: the
+    # index build reads each row's leading columns, never the JSON's overflow pages.
+    apply_schema(db, _LOAD_SCHEMA)
+    return db
