@@ -8,7 +8,7 @@ Import them from ``matcher`` (loaded on first use, so ``import matcher`` stays c
 Each is a thin wrapper: ``extract_comprehensive_metadata`` and ``find_metadata_text_file`` are
 ``matcher.media``'s (what ``civitai-mirror inspect`` and ``extract`` use),
 ``cross_reference_with_civitai`` is the orphan-image lookup of ``civitai-mirror match``
-(``matcher.match``), and ``process_orphaned_media`` runs that lookup for a list of files, records
+(``matcher.orphans``), and ``process_orphaned_media`` runs that lookup for a list of files, records
 hits the way ``match`` does and, given a destination, asks the sorter where they would go.
 """
 from __future__ import annotations
@@ -16,6 +16,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from crawler.clock import utc_now
+from matcher import media, orphans
+from matcher.hashing import sha256_file
+from matcher.plan import plan_moves, usable_match
+from matcher.results import match_row
+from matcher.schema import open_library
+from mirror.reader import Mirror
 
 __all__ = ["extract_comprehensive_metadata", "find_metadata_text_file", "cross_reference_with_civitai",
            "process_orphaned_media"]
@@ -41,9 +49,7 @@ def extract_comprehensive_metadata(path: str | os.PathLike, *, keep_gps: bool = 
         >>> rec["generation_tool"], rec["seed"], [l["name"] for l in rec["loras"]]
         ('AUTOMATIC1111', 1234, ['add_detail'])
     """
-    from matcher.media import extract_comprehensive_metadata as _extract
-
-    return _extract(path, keep_gps=keep_gps)
+    return media.extract_comprehensive_metadata(path, keep_gps=keep_gps)
 
 
 def find_metadata_text_file(image_path: str | os.PathLike) -> Path | None:
@@ -58,9 +64,7 @@ def find_metadata_text_file(image_path: str | os.PathLike) -> Path | None:
         >>> find_metadata_text_file("outputs/00001.png")
         PosixPath('outputs/00001.txt')
     """
-    from matcher.media import find_metadata_text_file as _find
-
-    return _find(image_path)
+    return media.find_metadata_text_file(image_path)
 
 
 def cross_reference_with_civitai(sha256_hash: str | None, blur_hash: str | None,
@@ -86,10 +90,8 @@ def cross_reference_with_civitai(sha256_hash: str | None, blur_hash: str | None,
         >>> hit["version_id"], hit["method"], hit["confidence"]
         (128713, 'blurhash', 0.4)
     """
-    from matcher.match import Mirror, cross_reference_with_civitai as _xref
-
-    return _xref(sha256_hash, blur_hash, Mirror(_existing_db(civitai_db_path)),
-                 width=width, height=height, size=size)
+    return orphans.cross_reference_with_civitai(sha256_hash, blur_hash, Mirror(_existing_db(civitai_db_path)),
+                                                width=width, height=height, size=size)
 
 
 def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bool = False, *,
@@ -130,37 +132,31 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
         found /data/outputs/a.png Juggernaut XL 0.4
         not_found /data/outputs/b.png None None
     """
-    from matcher.hashing import hash_file
-    from matcher.match import Mirror, _match_row, _now, _rows, orphan_result
-    from matcher.plan import usable_match
-
     mirror = Mirror(_existing_db(civitai_db_path))
     db = None
     if library_db_path is not None and Path(library_db_path).exists():
-        from matcher.schema import open_library
-
         db = open_library(library_db_path)
     out: list[dict] = []
     writes: list[dict] = []
-    now = _now()
+    now = utc_now()
     for item in media_files:
         path = Path(item).expanduser().resolve()
         entry: dict[str, Any] = {"path": str(path), "file_id": None, "status": None, "version_id": None,
                                  "model_id": None, "model_name": None, "civitai_image_id": None,
                                  "method": None, "confidence": None, "reason": None, "recorded": False}
         out.append(entry)
-        row = _rows(db, "select * from files where path = ?", [str(path)]) if db is not None else []
+        row = list(db.query("select * from files where path = ?", [str(path)])) if db is not None else []
         if row:
             row = row[0]
             entry["file_id"] = row["id"]
-            current = _rows(db, "select * from matches where file_id = ?", [row["id"]])
+            current = list(db.query("select * from matches where file_id = ?", [row["id"]]))
             if current and usable_match(current[0]):
                 m = current[0]
                 entry.update(status="matched", version_id=m["version_id"], model_id=m["model_id"],
                              model_name=m["model_name"], civitai_image_id=m.get("civitai_image_id"),
                              method=m["hash_type"], confidence=m["confidence"], reason=m["reason"])
                 continue
-            info = _rows(db, "select blurhash from media_info where file_id = ?", [row["id"]])
+            info = list(db.query("select blurhash from media_info where file_id = ?", [row["id"]]))
             blur = info[0]["blurhash"] if info else None
             if blur is None and path.is_file():
                 blur = extract_comprehensive_metadata(path).get("blurhash")
@@ -170,23 +166,21 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
         else:
             rec = extract_comprehensive_metadata(path)
             row = {"id": None, "path": str(path), "size": path.stat().st_size,
-                   "sha256": hash_file(path, want={"SHA256"})["SHA256"],
+                   "sha256": sha256_file(path),
                    "width": rec.get("image_width"), "height": rec.get("image_height")}
             blur = rec.get("blurhash")
-        res = orphan_result(row, blur, mirror)
+        res = orphans.orphan_result(row, blur, mirror)
         entry.update(version_id=res["version_id"], model_id=res["model_id"], model_name=res["model_name"],
                      civitai_image_id=res.get("civitai_image_id"), method=res["hash_type"],
                      confidence=res["confidence"], reason=res["reason"],
                      status="found" if res["version_id"] is not None else "not_found")
         if res["version_id"] is not None and row["id"] is not None and not dry_run:
-            writes.append(_match_row(row["id"], res, now))
+            writes.append(match_row(row["id"], res, now))
             entry["recorded"] = True
     if writes:
         with db.conn:
             db["matches"].upsert_all(writes, pk="file_id", alter=True)
     if dest is not None and db is not None:
-        from matcher.plan import plan_moves
-
         plan = plan_moves(db, dest, config)
         moves = {m.file_id: m.destination for m in plan.moves if m.file_id is not None}
         ignored = {i.file_id: i.reason for i in plan.ignored if i.file_id is not None}

@@ -574,7 +574,7 @@ def pin(file: str, version_id: int, db_path: str, civitai_db: str) -> None:
     Example:
         civitai-mirror pin models/mystery.safetensors 128713
     """
-    from matcher.match import pin_file
+    from matcher.pins import pin_file
 
     db, cdb = _open_match_dbs(db_path, civitai_db, need_civitai=False)
     try:
@@ -595,7 +595,7 @@ def unpin(file: str, db_path: str) -> None:
     Example:
         civitai-mirror unpin models/mystery.safetensors
     """
-    from matcher.match import unpin_file
+    from matcher.pins import unpin_file
 
     db, _ = _open_match_dbs(db_path, None, need_civitai=False)
     try:

@@ -27,18 +27,28 @@ characters, statements and several expressions. Python's ``eval`` is never used.
 
 An error in one field stores nothing for it (with ``debug=True``: the string
 ``"#error: <why>"``) and evaluation goes on with the next field.
+
+``match`` evaluates the fields for every file of the library (``derived_record`` says which names a
+file offers) and keeps the values in library.sqlite's ``derived_fields`` (``update_derived_fields``).
 """
 from __future__ import annotations
 
 import ast
 import configparser
+import json
 import logging
 import math
+import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import simpleeval
+import sqlite_utils
+
+from crawler.clock import utc_now
+from matcher.library import present_files
+from matcher.schema import ensure_library
 
 log = logging.getLogger(__name__)
 
@@ -306,3 +316,169 @@ def load_derived_fields(path: str | Path | None, section: str = "derived") -> li
     if not parser.has_section(section):
         return []
     return check_fields(parser.items(section))
+
+
+# ---- the record of a library file, and its stored values (``match`` runs this after enrichment) ---
+
+#: generations columns that are not part of the record under their own name
+_GEN_SKIP = {"file_id", "params_json", "seed_text", "_extracted_at"}
+#: media_info columns that are not part of the record
+_MEDIA_SKIP = {"file_id", "thumbnail", "_source_stamp", "_extracted_at", "error", "format"}
+_HASH_COLUMNS = ("sha256", "autov1", "autov2", "autov3", "autov3_full", "crc32", "blake3")
+
+
+def derived_record(file_row: dict, match_row: dict | None = None, generation: dict | None = None,
+                   loras: list[dict] | None = None, resources: list[dict] | None = None,
+                   media: dict | None = None) -> dict[str, Any]:
+    """The names a derived expression sees for one file (see README "Derived fields").
+
+    File: ``path file_name kind format size`` + hashes, ``file_model_type file_base_model`` (the
+    scan's detection). Civitai enrichment (the ``matches`` row): ``version_id model_id
+    civitai_file_id hash_type confidence match_reason pinned civitai_model_name
+    civitai_version_name civitai_type civitai_base_model civitai_image_id``; ``base_model`` and
+    ``model_type`` are Civitai's when matched, else the scan's. Images add the parsed generation
+    record (the ``generations`` columns: ``model_name steps sampler cfg_scale seed ...``, plus
+    ``prompt``/``negative_prompt`` = the raw prompts, ``params``, ``loras``, ``resources``) and the
+    ``media_info`` facts (``blurhash``, ``exif_*``, ``image_width``/``image_height``).
+    """
+    m = match_row or {}
+    rec: dict[str, Any] = {
+        "path": file_row.get("path"), "file_name": os.path.basename(file_row.get("path") or ""),
+        "kind": file_row.get("kind"), "format": file_row.get("format"), "size": file_row.get("size"),
+        **{c: file_row.get(c) for c in _HASH_COLUMNS},
+        "file_model_type": file_row.get("model_type"), "file_base_model": file_row.get("base_model"),
+        "width": file_row.get("width"), "height": file_row.get("height"),
+        "image_width": file_row.get("width"), "image_height": file_row.get("height"),
+        "version_id": m.get("version_id"), "model_id": m.get("model_id"),
+        "civitai_file_id": m.get("civitai_file_id"), "hash_type": m.get("hash_type"),
+        "confidence": m.get("confidence"), "match_reason": m.get("reason"),
+        "pinned": bool(m.get("pinned")), "civitai_model_name": m.get("model_name"),
+        "civitai_version_name": m.get("version_name"), "civitai_type": m.get("model_type"),
+        "civitai_base_model": m.get("base_model"), "civitai_image_id": m.get("civitai_image_id"),
+        "model_name": None, "prompt": None, "negative_prompt": None, "params": {},
+        "loras": list(loras or []), "resources": list(resources or []),
+    }
+    rec["base_model"] = m.get("base_model") if m.get("version_id") is not None and m.get("base_model") \
+        else file_row.get("base_model")
+    rec["model_type"] = m.get("model_type") if m.get("version_id") is not None and m.get("model_type") \
+        else file_row.get("model_type")
+    for key, value in (media or {}).items():
+        if key not in _MEDIA_SKIP and (value is not None or key not in rec):
+            rec[key] = value
+    if generation:
+        for key, value in generation.items():
+            if key not in _GEN_SKIP and (value is not None or key not in rec):
+                rec[key] = value
+        if generation.get("seed") is None and generation.get("seed_text"):
+            try:
+                rec["seed"] = int(generation["seed_text"])
+            except ValueError:
+                rec["seed"] = generation["seed_text"]
+        rec["prompt"] = generation.get("positive_raw")
+        rec["negative_prompt"] = generation.get("negative_raw")
+        try:
+            rec["params"] = json.loads(generation.get("params_json") or "{}")
+        except ValueError:
+            rec["params"] = {}
+    return rec
+
+
+def iter_derived_records(db: sqlite_utils.Database) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(file_id, derived_record) for every present model file and media file of the library."""
+    def grouped(sql: str) -> dict[int, list[dict]]:
+        out: dict[int, list[dict]] = {}
+        for r in db.query(sql):
+            out.setdefault(r.pop("file_id"), []).append(r)
+        return out
+
+    matches = {m["file_id"]: m for m in db.query("select * from matches")} if db["matches"].exists() else {}
+    gens = {g["file_id"]: g for g in db.query("select * from generations")} if db["generations"].exists() else {}
+    loras = grouped("select file_id, name, weight, weight2, context, kind from lora_usages "
+                    "order by file_id, position, id") if db["lora_usages"].exists() else {}
+    resources: dict[int, list[dict]] = {}
+    if db["resources"].exists():
+        rm = db["resource_matches"].exists()
+        resolved = ("coalesce(rm.version_id, r.version_id) as version_id, rm.model_id, rm.model_name, "
+                    "rm.version_name, rm.model_type, rm.base_model, rm.confidence, rm.local_file_id"
+                    if rm else "r.version_id")
+        join = "left join resource_matches rm on rm.resource_id = r.id" if rm else ""
+        resources = grouped(f"select r.file_id, r.kind, r.name, r.hash, r.hash_kind, r.weight, {resolved} "
+                            f"from resources r {join} order by r.file_id, r.position, r.id")
+    media: dict[int, dict] = {}
+    mcols = set(db["media_info"].columns_dict) - _MEDIA_SKIP if db["media_info"].exists() else set()
+    if mcols:
+        cols = ", ".join(sorted(mcols))
+        media = {r["file_id"]: r for r in db.query(f"select file_id, {cols} from media_info")}
+        for r in media.values():
+            r.pop("file_id")
+    for kind in ("model", "media"):
+        for row in present_files(db, kind):
+            fid = row["id"]
+            yield fid, derived_record(row, matches.get(fid), gens.get(fid), loras.get(fid),
+                                      resources.get(fid), media.get(fid))
+
+
+def _stored_value(value: Any) -> Any:
+    """A derived value as SQLite keeps it (so a re-run can tell whether it changed)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value if -(2 ** 63) <= value < 2 ** 63 else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def update_derived_fields(db: sqlite_utils.Database, fields: list[tuple[str, str]], *,
+                          debug: bool = False) -> dict[str, Any]:
+    """Evaluate ``fields`` in order for every file (``iter_derived_records``) and store them in
+    ``derived_fields``. A field that fails or is refused stores nothing for that file (``debug``:
+    a row with ``error``); rows of fields no longer configured are removed; unchanged values are
+    not written. Returns ``{fields, files, values, written, removed, errors: {name: count},
+    first_error: {name: why}}``."""
+    ensure_library(db)
+    names = [name for name, _ in fields]
+    existing: dict[tuple[int, str], tuple[Any, Any]] = {
+        (r[0], r[1]): (r[2], r[3]) for r in db.execute("select file_id, name, value, error from derived_fields")}
+    summary: dict[str, Any] = {"fields": len(fields), "files": 0, "values": 0, "written": 0, "removed": 0,
+                               "errors": {}, "first_error": {}}
+    now = utc_now()
+    upserts: list[dict] = []
+    seen: set[int] = set()
+    kept: set[tuple[int, str]] = set()
+    for fid, record in (iter_derived_records(db) if fields else ()):
+        summary["files"] += 1
+        seen.add(fid)
+        out = evaluate_derived(record, fields, debug=True)
+        for name in names:
+            if name not in out:
+                continue
+            value = out[name]
+            if isinstance(value, str) and value.startswith(ERROR_PREFIX):
+                why = value[len(ERROR_PREFIX):]
+                summary["errors"][name] = summary["errors"].get(name, 0) + 1
+                summary["first_error"].setdefault(name, why)
+                if not debug:
+                    continue
+                want = (None, why)
+            else:
+                summary["values"] += 1
+                want = (_stored_value(value), None)
+            kept.add((fid, name))
+            if existing.get((fid, name)) != want:
+                upserts.append({"file_id": fid, "name": name, "value": want[0], "error": want[1],
+                                "_updated_at": now})
+    # a stored row goes when its field is no longer configured, or when its file was evaluated
+    # and the field gave nothing this time (it failed, without --debug)
+    deletes = sorted(key for key in existing
+                     if key[1] not in names or (key[0] in seen and key not in kept))
+    with db.conn:
+        for fid, name in deletes:
+            db.execute("delete from derived_fields where file_id = ? and name = ?", [fid, name])
+        gone = db.execute("delete from derived_fields where file_id not in (select id from files)").rowcount
+        if upserts:
+            db["derived_fields"].upsert_all(upserts, pk=("file_id", "name"))
+    summary["written"], summary["removed"] = len(upserts), len(deletes) + max(gone, 0)
+    return summary

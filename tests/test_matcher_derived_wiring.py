@@ -197,7 +197,8 @@ def test_a_bad_field_name_is_a_one_line_error(world, lib):
 
 
 def test_record_holds_the_documented_names(world, lib):
-    from matcher.match import iter_derived_records, match_library
+    from matcher.derived import iter_derived_records
+    from matcher.match import match_library
     from matcher.schema import open_library
 
     tmp, db_path = lib

@@ -246,7 +246,7 @@ def test_indexes_the_matcher_uses(built):
     tables = sqlite_utils.Database(db)
     assert ["sizeKB"] in [ix.columns for ix in tables["model_files"].indexes]
     assert ["width", "height"] in [ix.columns for ix in tables["images"].indexes]
-    from matcher.match import Mirror  # the matcher's own probe switches size-only suggestions on
+    from mirror.reader import Mirror  # the matcher's own probe switches size-only suggestions on
     assert Mirror(tables).indexed("model_files", "sizeKB")
 
 
