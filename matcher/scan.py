@@ -15,16 +15,18 @@ import json
 import logging
 import operator
 import os
+import sqlite3
 import stat as statmod
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
+from crawler.clock import utc_now
 from matcher import models
 from matcher.config import DEFAULT_MAX_FILE_SIZE
+from matcher.dfsn import DfsnError, read_header
 from matcher.hashers import FileChangedError
 from matcher.hashing import fingerprint, hash_file
 
@@ -39,13 +41,12 @@ _CLEARED = {column: None for column in HASH_COLUMNS.values()} | {
     "width": None, "height": None, "error": None, "_hashed_at": None,
 }
 HASHED_KINDS = ("model", "media")
+#: the ``files`` columns the walk compares (read through a cursor whose rows are ``sqlite3.Row``)
+_SELECT_FILES = ("SELECT id, path, root, size, mtime_ns, device, inode, kind, format, _hashed_at, fingerprint, error"
+                 " FROM files ")
 GROWING_ERROR = "changed while it was being hashed (still being written?); will be hashed by the next scan"
 
 Progress = Callable[..., None]
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class StillWritten(Exception):
@@ -78,8 +79,6 @@ def describe_file(
     errors: list[str] = []
     want: set[str] | None = None if (kind == "model" or all_hashes) else {"SHA256"}
     if fmt == "dfsn":
-        from matcher.dfsn import DfsnError, read_header
-
         try:
             header = read_header(path)
         except DfsnError as exc:
@@ -218,16 +217,11 @@ def scan_library(
     skip = _database_files(db)
     conn = db.conn
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, no fsync per file
+    files = conn.cursor()  # rows by column name: row["path"]
+    files.row_factory = sqlite3.Row
     summary: dict[str, Any] = {"files": 0, "new": 0, "changed": 0, "moved": 0, "hashed_bytes": 0,
                                "skipped": 0, "errors": 0, "unchanged": 0, "missing": 0,
                                "moves": [], "growing": [], "error_files": []}
-    columns = ["id", "path", "root", "size", "mtime_ns", "device", "inode", "kind", "format",
-               "_hashed_at", "fingerprint", "error"]
-    select = "SELECT " + ", ".join(columns) + " FROM files "
-
-    def rows(sql: str, params: Iterable[Any]) -> list[dict[str, Any]]:
-        return [dict(zip(columns, r)) for r in conn.execute(select + sql, tuple(params)).fetchall()]
-
     # 1. Walk every root; remember what the table knew under them. The unchanged files (same
     #    path, device, inode, size and mtime, already hashed or not to be hashed) are found by
     #    one set intersection against one query per root; only the rest are looked at one by one.
@@ -263,23 +257,23 @@ def scan_library(
         del unchanged_paths
     else:
         rest = list(seen)
-    known: dict[str, dict[str, Any]] = {}
+    known: dict[str, sqlite3.Row] = {}
     if rest:
         rest_set = set(rest)
-        for root in roots:
-            for row in rows("WHERE path >= ? AND path < ?", _under(root)) if len(rest) > 200 else ():
+        for root in roots if len(rest) > 200 else ():
+            for row in files.execute(_SELECT_FILES + "WHERE path >= ? AND path < ?", _under(root)).fetchall():
                 if row["path"] in rest_set:
                     known[row["path"]] = row
         if len(rest) <= 200:
             for path in rest:
                 if path in all_known:
-                    for row in rows("WHERE id = ?", (all_known[path],)):
+                    for row in files.execute(_SELECT_FILES + "WHERE id = ?", (all_known[path],)).fetchall():
                         known[path] = row
 
     def needs_hash(kind: str, size: int) -> bool:
         return kind in HASHED_KINDS and size <= limit
 
-    def vanished(row: dict[str, Any]) -> bool:
+    def vanished(row: sqlite3.Row) -> bool:
         return row["path"] not in seen and not os.path.lexists(row["path"])
 
     jobs: list[dict[str, Any]] = []
@@ -311,8 +305,9 @@ def scan_library(
                 conn.execute("DELETE FROM model_info WHERE file_id = ?", (file_id,))
             else:
                 moved = None
-                for cand in rows("WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
-                                 (dev, ino, size, mtime)):
+                for cand in files.execute(
+                        _SELECT_FILES + "WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
+                        (dev, ino, size, mtime)).fetchall():
                     if vanished(cand):
                         moved = cand
                         break
@@ -322,7 +317,8 @@ def scan_library(
                         fp = fingerprint(path, size)
                     except OSError as exc:
                         log.warning("cannot read %s: %s", path, exc.strerror)
-                    for cand in rows("WHERE size = ? AND fingerprint = ?", (size, fp)) if fp else []:
+                    for cand in files.execute(_SELECT_FILES + "WHERE size = ? AND fingerprint = ?",
+                                              (size, fp)).fetchall() if fp else []:
                         if vanished(cand):
                             moved = cand
                             break
