@@ -15,7 +15,7 @@ from .normalise import (
 _NEG_RE = re.compile(r"^\s*negative prompt:\s?", re.IGNORECASE)
 _PARAM_START = re.compile(r"^\s*(steps|size|seed|sampler|cfg scale|model|model hash)\s*:", re.IGNORECASE)
 
-#: spelling as written (lower case) -> normalised field (spec §6 aliases)
+#: spelling as written (lower case) -> normalised field: every alias a generator writes for a field
 FIELD_ALIASES: dict[str, str] = {
     "steps": "steps",
     "sampler": "sampler", "sampler_name": "sampler",

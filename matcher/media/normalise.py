@@ -263,7 +263,7 @@ def valid_usage(u: dict[str, Any]) -> bool:
 
 
 def extract_loras(rec: dict[str, Any]) -> None:
-    """LoRA usages from the prompts (spec: name 2-120 chars, weight 0-4, dropped otherwise)."""
+    """LoRA usages from the prompts: a name of 2-120 characters and a weight within 0-4, others dropped."""
     usages = find_lora_tags(rec.get("positive_raw") or "", "positive") + \
         find_lora_tags(rec.get("negative_raw") or "", "negative")
     for u in usages:

@@ -1,4 +1,9 @@
-"""Pick the right generator parser for what the containers hold, in the spec's source order."""
+"""Pick the right generator parser for what the containers hold.
+
+The most specific carrier wins: a generator's own PNG chunks (SwarmUI, NovelAI, InvokeAI, TensorArt,
+Stability Matrix), then the ``parameters`` chunk (Fooocus, EasyDiffusion, A1111 infotext), a ComfyUI
+graph, EXIF, XMP, free comments and last the alpha-channel stealth payload.
+"""
 from __future__ import annotations
 
 import logging
