@@ -163,8 +163,7 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
     where = "kind = 'media'"
     if "missing" in db.table("files").columns_dict:
         where += " and coalesce(missing, 0) = 0"
-    rows = [dict(zip(("id", "path", "size", "mtime_ns"), r)) for r in
-            db.execute(f"select id, path, size, mtime_ns from files where {where} order by id").fetchall()]
+    rows = list(db.query(f"select id, path, size, mtime_ns from files where {where} order by id"))
     known = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
         "select m.file_id, m._source_stamp, g.metadata_hash, m.blurhash from media_info m "
         "left join generations g on g.file_id = m.file_id").fetchall()}
