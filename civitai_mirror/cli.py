@@ -22,19 +22,19 @@ COMMANDS: dict[str, str] = {
     "lookup": "civitai_mirror.commands.mirror:lookup",
     "serve": "civitai_mirror.commands.serve:serve",
     "demo": "civitai_mirror.demo:demo",
-    # matcher
-    "scan": "matcher.cli:scan",
-    "hash": "matcher.cli:hash_files",
-    "dfsn": "matcher.cli:dfsn",
-    "extract": "matcher.cli:extract",
-    "inspect": "matcher.cli:inspect",
-    "match": "matcher.cli:match",
-    "pin": "matcher.cli:pin",
-    "unpin": "matcher.cli:unpin",
-    "sort": "matcher.cli:sort",
-    "undo": "matcher.cli:undo",
-    "runs": "matcher.cli:runs",
-    "legacy": "matcher.cli:legacy",
+    # matcher: disks -> library.sqlite -> matches -> plan -> journal
+    "scan": "civitai_mirror.commands.library:scan",
+    "hash": "civitai_mirror.commands.library:hash_files",
+    "dfsn": "civitai_mirror.commands.dfsn:dfsn",
+    "extract": "civitai_mirror.commands.media:extract",
+    "inspect": "civitai_mirror.commands.media:inspect",
+    "match": "civitai_mirror.commands.match:match",
+    "pin": "civitai_mirror.commands.match:pin",
+    "unpin": "civitai_mirror.commands.match:unpin",
+    "sort": "civitai_mirror.commands.sort:sort",
+    "undo": "civitai_mirror.commands.sort:undo",
+    "runs": "civitai_mirror.commands.sort:runs",
+    "legacy": "civitai_mirror.commands.legacy:legacy",
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from crawler.dump import model_path
+from crawler.layout import model_path
 from matcher.hashing import hash_file
 
 # ---------------------------------------------------------------------------------------------
