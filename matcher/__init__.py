@@ -7,7 +7,6 @@ The Python API (``matcher.api``), loaded on first use so ``import matcher`` stay
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __all__ = ["extract_comprehensive_metadata", "find_metadata_text_file", "cross_reference_with_civitai",
@@ -18,7 +17,9 @@ def __getattr__(name: str) -> Any:
     # PEP 562: the API is loaded on first use for start-up time only (it pulls in sqlite_utils and
     # Pillow); matcher.api imports at its top and has no cycle with this package.
     if name in __all__:
-        return getattr(importlib.import_module("matcher.api"), name)
+        from matcher import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'matcher' has no attribute {name!r}")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlite_utils
 
+from mirror.library_view import ensure_views
 from mirror.schema import apply_schema
 
 # ---- scan (files, hashes, model info) ----------------------------------------
@@ -209,6 +210,4 @@ def open_library(path: str | Path) -> sqlite_utils.Database:
 
 def ensure_library(db: sqlite_utils.Database) -> None:
     apply_schema(db, LIBRARY_SCHEMA)
-    from mirror.library_view import ensure_views  # SQL views for `serve` (file_overview, ...)
-
-    ensure_views(db)
+    ensure_views(db)  # the SQL views `serve` shows (file_overview, ...)
