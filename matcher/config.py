@@ -185,9 +185,3 @@ def load_config(path: str | Path | None = None) -> Config:
 def resolve(flag: Any, config_value: Any) -> Any:
     """A flag given on the command line wins over config.ini; ``None`` means "not given"."""
     return config_value if flag is None else flag
-
-
-def config_option(function: Any) -> Any:
-    """The shared ``--config`` option for matcher commands."""
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                        help="config.ini to read (default: $CIVITAI_MIRROR_CONFIG or ./config.ini).")(function)

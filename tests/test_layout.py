@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -132,9 +133,18 @@ def _get(url: str) -> str:
 @pytest.mark.slow
 def test_the_wheel_installs_and_serves_the_demo_with_facets_and_queries(tmp_path):
     """pip install of the wheel (not editable) into a fresh venv ships everything `serve` reads."""
+    # Built from a copy of what git would ship, so a stale build/ folder of the checkout can't leak in.
+    src = tmp_path / "src"
+    keep = {"pyproject.toml", "README.md", "datasette_metadata.yml", *ORDER}
+    for name in keep:
+        item = REPO / name
+        if item.is_dir():
+            shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif item.exists():
+            shutil.copy2(item, src / name, follow_symlinks=False)
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(dist), str(REPO)], check=True, cwd=tmp_path)
+                    "-w", str(dist), str(src)], check=True, cwd=tmp_path)
     wheel = next(dist.glob("civitai_mirror-*.whl"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
