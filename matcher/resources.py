@@ -16,13 +16,12 @@ import sqlite_utils
 
 from matcher.model_match import HASH_ORDER, model_file_names, strip_model_ext
 from matcher.results import CONFIDENCE, match_result
-from mirror.hashes import LENGTH_TYPES, canonical_type, clean_hex, is_empty_hash, types_for_length
+from mirror.hashes import (AUTOV3_FULL_LENGTH, AUTOV3_LENGTH, LENGTH_TYPES, canonical_type, clean_hex,
+                           is_empty_hash, types_for_length)
 from mirror.reader import Mirror
 
 #: lengths a SHA256 prefix can have (A1111's TI hashes and .pt LoRAs write SHA256[:12])
 _PREFIX_LENGTHS = sorted({n for n, types in LENGTH_TYPES.items() if any(prefix for _, prefix in types)})
-_FULL_AUTOV3 = 64            # SwarmUI's full tensor hash; its first 12 characters are the AutoV3
-_AUTOV3 = 12
 
 
 def _candidates(value: str, hash_kind: str | None) -> list[tuple[str, bool]]:
@@ -32,14 +31,14 @@ def _candidates(value: str, hash_kind: str | None) -> list[tuple[str, bool]]:
     if len(value) not in LENGTH_TYPES:
         return []
     order = types_for_length(value)
-    if len(value) == _FULL_AUTOV3:
+    if len(value) == AUTOV3_FULL_LENGTH:
         order.append(("AutoV3", False))
     named = canonical_type(hash_kind or "")
     return sorted(order, key=lambda c: c[0] != named)
 
 
 def _mirror_value(value: str, hash_type: str) -> str:
-    return value[:_AUTOV3] if hash_type == "AutoV3" and len(value) == _FULL_AUTOV3 else value
+    return value[:AUTOV3_LENGTH] if hash_type == "AutoV3" and len(value) == AUTOV3_FULL_LENGTH else value
 
 
 class LocalModels:
@@ -85,7 +84,7 @@ class LocalModels:
             if prefix:
                 fid = self.sha256_prefix.get(len(v), {}).get(v)
             else:
-                column = "autov3_full" if hash_type == "AutoV3" and len(v) == _FULL_AUTOV3 else hash_type.lower()
+                column = "autov3_full" if hash_type == "AutoV3" and len(v) == AUTOV3_FULL_LENGTH else hash_type.lower()
                 fid = self.by_hash.get(column, {}).get(v)
             if fid is not None:
                 return fid, hash_type

@@ -21,6 +21,9 @@ LENGTH_TYPES: dict[int, tuple[tuple[str, bool], ...]] = {
     10: (("AutoV2", False), ("SHA256", True)),
     8: (("AutoV1", False), ("CRC32", False)),
 }
+#: SwarmUI writes ``0x`` + the full 64-character tensor hash; Civitai's AutoV3 is its first 12.
+AUTOV3_LENGTH = 12
+AUTOV3_FULL_LENGTH = 64
 _HEX = re.compile(r"[0-9A-F]+")
 
 
@@ -33,7 +36,7 @@ def normalize_hash(value: str) -> str:
     """Strip, drop a ``0x`` prefix (SwarmUI, keeping the AutoV3 part) and upper-case."""
     text = str(value).strip()
     if text[:2].lower() == "0x":
-        text = text[2:][:12]
+        text = text[2:][:AUTOV3_LENGTH]
     return text.upper()
 
 
@@ -51,12 +54,6 @@ def clean_hex(value: str | None) -> str | None:
 def types_for_length(value: str) -> list[tuple[str, bool]]:
     """The (type, is_prefix) to try for a hash, by its length; every type for an unusual length."""
     return list(LENGTH_TYPES.get(len(value), ((t, False) for t in HASH_TYPES)))
-
-
-def sole_type(value: str) -> str | None:
-    """The type a hash must be when its length names exactly one (10 characters: AutoV2)."""
-    types = [t for t, prefix in LENGTH_TYPES.get(len(value), ()) if not prefix]
-    return types[0] if len(types) == 1 else None
 
 
 def is_empty_hash(value: str) -> bool:

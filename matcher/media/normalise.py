@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from mirror.hashes import LENGTH_TYPES
+from matcher.models import MODEL_EXTENSIONS
+from mirror.hashes import AUTOV3_FULL_LENGTH, LENGTH_TYPES
 
 MAX_PROMPT_BYTES = 64 * 1024
 
@@ -126,7 +127,7 @@ def _hash_and_kind(h: str) -> tuple[str | None, str | None]:
     if low.startswith("blake3:"):
         body, kind = s[7:], "BLAKE3"
     elif low.startswith("0x"):
-        body, kind = s[2:], ("AutoV3" if len(s) == 66 else None)  # "0x" is not hex: no kind by length
+        body, kind = s[2:], ("AutoV3" if len(s) - 2 == AUTOV3_FULL_LENGTH else None)  # "0x" is not hex: no kind by length
     else:
         if not _HEX.match(s):
             return None, None
@@ -137,7 +138,7 @@ def _hash_and_kind(h: str) -> tuple[str | None, str | None]:
 
 
 _SPACES_RE = re.compile(r"\s+")
-_EXT_RE = re.compile(r"\.(safetensors|ckpt|pt|pth|bin|gguf|sft)$", re.IGNORECASE)
+_EXT_RE = re.compile("(" + "|".join(re.escape(ext) for ext in MODEL_EXTENSIONS) + ")$", re.IGNORECASE)
 
 
 def normalise_name(name: str) -> str:
