@@ -93,7 +93,7 @@ def load_files(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildS
         result = _read_task(str(dump), task, skip)
         for rel, error in result.errors:
             summary.errors.append((rel, error))
-            log.warning("%s: %s (skipped)", dump / rel, error)
+            log.info("%s: %s (skipped)", dump / rel, error)  # in summary.errors: the caller reports it
         for rel, why in result.skips:
             log.info("%s: %s (skipped)", rel, why)
         summary.files_read += result.files_read
