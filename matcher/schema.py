@@ -167,11 +167,12 @@ MATCH_TABLES: dict[str, dict[str, Any]] = {
 # ---- sort (runs, journal) ----------------------------------------------------
 SORT_TABLES: dict[str, dict[str, Any]] = {
     # One row per `sort` run (and its undo). state: running | done | interrupted | rolled_back |
-    # undone | partially_undone.
+    # undoing | undone | partially_undone. pid/host: the process working on it now. created_dirs:
+    # JSON list of the folders the run created (undo removes those that are empty again).
     "runs": {
         "columns": {"id": str, "dest": str, "state": str, "moves": int, "ignored": int,
                     "plan_id": int, "_started_at": str, "_finished_at": str, "_undone_at": str,
-                    "error": str, "pid": int, "host": str},
+                    "error": str, "pid": int, "host": str, "created_dirs": str},
         "pk": "id",
         "indexes": [["state"]],
     },

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from matcher import journal
+from matcher import fileops, journal
 from matcher.plan import plan_moves
 from matcher.schema import open_library
 
@@ -333,9 +333,12 @@ from matcher.schema import open_library
 root, mode = sys.argv[1], sys.argv[2]
 db = open_library(os.path.join(root, "library.sqlite"))
 plan = plan_moves(db, os.path.join(root, "dest"), {})
-real_rename, real_unlink = os.rename, os.unlink
+from matcher import fileops
+real_rename, real_unlink = fileops.rename_noreplace, os.unlink
 count = [0]
 def rename(src, dst):
+    if src.endswith(".part"):
+        return real_rename(src, dst)   # the verified copy gets its name
     count[0] += 1
     if mode == "exdev":
         raise OSError(18, "Invalid cross-device link")
@@ -348,7 +351,7 @@ def unlink(path):
         if count[0] == 6:
             os._exit(9)      # killed after the verified copy is in place, before the source is unlinked
     real_unlink(path)
-os.rename, os.unlink = rename, unlink
+fileops.rename_noreplace, os.unlink = rename, unlink
 journal.apply_plan(db, plan)
 """
 
@@ -375,11 +378,14 @@ def test_cross_device_moves_copy_verify_unlink(lib, monkeypatch):
     root, db, ids = lib
     before = manifest(root)
 
+    real = fileops.rename_noreplace
+
     def exdev(src, dst):
+        if src.endswith(".part"):
+            return real(src, dst)
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(os, "rename", exdev)
-    monkeypatch.setattr(os, "replace", exdev)
+    monkeypatch.setattr(fileops, "rename_noreplace", exdev)
     # One library hash is stale (same size and mtime, different content): the copy must not verify.
     stale = ids["src/images/gen3.jpg"]
     db.table("files").update(stale, {"sha256": "0" * 64})
