@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
 
 from matcher.config import ENV_VAR
+from mirror.schema import WrongDatabase, check_database_file
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -41,6 +43,29 @@ def civitai_db_option(default: str | None = "civitai.sqlite",
                       help: str = "The mirror (built by `civitai-mirror build`).") -> Callable:
     return click.option("--civitai-db", "civitai_db", default=default, show_default=default is not None,
                         type=click.Path(dir_okay=False), help=help)
+
+
+_MISSING = {
+    "civitai": "no mirror database at {path}; run civitai-mirror build first",
+    "library": "{path} does not exist; run `civitai-mirror scan DIR --db {path}` first",
+}
+
+
+def require_database(path: str | Path | None, kind: str, must_exist: bool = False) -> None:
+    """A one-line error unless ``path`` is a database of ``kind`` (``"civitai"``: the mirror,
+    ``"library"``), or is still empty; ``must_exist``: a missing file is an error too (else it is
+    one to create). Call it before opening, so nothing is written to the wrong file. A file that
+    is not SQLite at all raises ``sqlite3.DatabaseError``, which the group reports in one line."""
+    if path is None:
+        return
+    if not Path(path).exists():
+        if must_exist:
+            raise click.ClickException(_MISSING[kind].format(path=path))
+        return
+    try:
+        check_database_file(path, kind)
+    except WrongDatabase as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def config_option(help: str = f"config.ini to read (default: ${ENV_VAR} or ./config.ini).") -> Callable:

@@ -11,7 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from mirror.library_view import ensure_views
-from mirror.schema import apply_schema
+from mirror.schema import apply_schema, check_database, check_database_file, mark_database
 
 # ---- scan (files, hashes, model info) ----------------------------------------
 SCAN_TABLES: dict[str, dict[str, Any]] = {
@@ -201,7 +201,10 @@ LIBRARY_SCHEMA: dict[str, dict[str, Any]] = {
 
 
 def open_library(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating if needed) library.sqlite with WAL and the current schema."""
+    """Open (creating if needed) library.sqlite with WAL and the current schema.
+
+    Raises ``mirror.schema.WrongDatabase`` for a mirror or another program's file, before writing."""
+    check_database_file(path, "library")  # before WAL: that alone would change a mirror's file
     db = sqlite_utils.Database(str(path))
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA busy_timeout=10000")
@@ -210,5 +213,7 @@ def open_library(path: str | Path) -> sqlite_utils.Database:
 
 
 def ensure_library(db: sqlite_utils.Database) -> None:
+    check_database(db.conn, "library")
     apply_schema(db, LIBRARY_SCHEMA)
+    mark_database(db.conn, "library")
     ensure_views(db)  # the SQL views `serve` shows (file_overview, ...)

@@ -7,7 +7,10 @@ reads and classifies the files); the other tables are derived from a model's sna
 Incremental by default: ``_sources`` remembers each file's size and mtime, so a second build only
 reads new or changed files and re-derives the models they touch; a file gone from the dump takes
 its snapshots with it. ``full=True`` rebuilds into a temporary file and swaps it in with
-``os.replace``. A fresh build of a big dump uses the idle cores (``mirror.build_parallel``); the
+``os.replace``. An incremental build writes in place, a transaction per group of files, so
+``serve`` (which reads with ``mode=ro``, never ``immutable``) always sees a whole database; its
+connection waits ``BUSY_TIMEOUT_S`` for readers and keeps a large page cache, so a transaction
+never spills into the file (which would lock the readers out) before it commits. A fresh build of a big dump uses the idle cores (``mirror.build_parallel``); the
 result is the serial build's database.
 """
 from __future__ import annotations
@@ -26,10 +29,27 @@ from crawler.clock import utc_iso
 from mirror.build_parallel import POOL_MIN_FILES, idle_cores, load_parallel
 from mirror.dump_reader import iter_dump_files
 from mirror.load import load_files
-from mirror.schema import CIVITAI_SCHEMA, apply_schema
+from mirror.schema import CIVITAI_SCHEMA, apply_schema, check_database_file, mark_database
 from mirror.writer import BuildSummary, index_loaded, open_load_db
 
 IMAGE_FILE = re.compile(r"^(\d+)\.[A-Za-z0-9]+$")
+BUSY_TIMEOUT_S = 60  # longer than serve's 3 s query limit: a reader always finishes first
+CACHE_KIB = 262144  # 256 MiB: an incremental transaction stays in memory until its commit
+
+
+class EmptyDump(FileNotFoundError):
+    """The folder holds no dump files (nothing to build from; an existing mirror is left alone)."""
+
+
+def has_dump_files(dump: Path) -> bool:
+    """Whether any ``*.json`` is under the dump (outside ``images/``); stops at the first one."""
+    for folder, dirs, files in os.walk(dump):
+        if Path(folder) == dump and "images" in dirs:
+            dirs.remove("images")
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(f.endswith(".json") and not f.startswith(".") for f in files):
+            return True
+    return False
 
 
 def link_local_images(conn: sqlite3.Connection, dump: Path) -> int:
@@ -65,6 +85,9 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     db_path = Path(db_path)
     if not dump.is_dir():
         raise FileNotFoundError(f"dump folder not found: {dump}")
+    if not has_dump_files(dump):
+        raise EmptyDump(f"{dump} holds no dump files (NNNNNNNN/NNNNNNNN.json); crawl into it first")
+    check_database_file(db_path, "civitai")  # never build into (or --full over) a library
     summary = BuildSummary()
     fresh = full or not db_path.exists()
     target = db_path.with_name(db_path.name + ".tmp") if fresh else db_path
@@ -73,8 +96,10 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     if fresh:  # a temp file swapped in at the end: a crash leaves the old database untouched
         db = open_load_db(target)
     else:
-        db = sqlite_utils.Database(str(target))
+        db = sqlite_utils.Database(sqlite3.connect(str(target), timeout=BUSY_TIMEOUT_S))
+        db.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         apply_schema(db, CIVITAI_SCHEMA)
+    mark_database(db.conn, "civitai")
     conn = db.conn
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small dicts, no cycles: the collector only burns time here

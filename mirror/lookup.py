@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from mirror.hashes import HASH_TYPES, canonical_type, is_empty_hash, normalize_hash, types_for_length
+from mirror.schema import check_database_file
 
 RESULT_KEYS = ("hash", "hash_type", "model_id", "version_id", "file_id", "model_name",
                "version_name", "type", "base_model", "file_name", "download_url", "mode",
@@ -62,6 +63,7 @@ def _connection(db: Any) -> tuple[sqlite3.Connection, bool]:
     path = Path(db)
     if not path.exists():
         raise FileNotFoundError(f"no mirror database at {path}")
+    check_database_file(path, "civitai")
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True), True
 
 

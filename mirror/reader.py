@@ -12,6 +12,7 @@ from pathlib import Path
 import sqlite_utils
 
 from mirror.lookup import lookup_hash
+from mirror.schema import check_database_file
 
 #: two ``model_files.sizeKB`` values closer than this are the same size (about one byte)
 _SIZE_TOLERANCE_KB = 0.001
@@ -22,6 +23,7 @@ class Mirror:
 
     def __init__(self, db: sqlite_utils.Database | str | Path | None):
         if db is not None and not isinstance(db, sqlite_utils.Database):
+            check_database_file(db, "civitai")  # a library given as the mirror: WrongDatabase
             db = sqlite_utils.Database(str(db))
         self.db = db
         self._tables: set[str] | None = None

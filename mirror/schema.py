@@ -17,10 +17,18 @@ A schema is ``{table_name: spec}`` where spec is::
 ``apply_schema(db, SCHEMA)`` creates what is missing and adds missing columns and indexes to
 tables that exist: the migration path for ``library.sqlite``, which is never recreated.
 The civitai.sqlite tables are declared below in ``CIVITAI_SCHEMA`` (filled by mirror.build).
+
+Each database says what it is: ``PRAGMA application_id`` is ``CIVITAI_APPLICATION_ID`` in a mirror
+(set by build) and ``LIBRARY_APPLICATION_ID`` in a library (set by ``matcher.schema.ensure_library``);
+files written before that are recognised by their tables. ``check_database`` refuses the wrong
+kind with a one-line ``WrongDatabase``, before anything is written.
 """
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -60,6 +68,83 @@ def apply_schema(db: sqlite_utils.Database, schema: dict[str, dict[str, Any]]) -
         fts = spec.get("fts")
         if fts and not db.table(f"{name}_fts").exists():
             table.enable_fts(fts, create_triggers=spec.get("fts_triggers", True))
+
+
+# ---- which database a file is ------------------------------------------------
+CIVITAI_APPLICATION_ID = 0x4356_4D52  # "CVMR": civitai.sqlite, the mirror
+LIBRARY_APPLICATION_ID = 0x4356_4C42  # "CVLB": library.sqlite
+_KIND_OF_ID = {CIVITAI_APPLICATION_ID: "civitai", LIBRARY_APPLICATION_ID: "library"}
+_ID_OF_KIND = {kind: app_id for app_id, kind in _KIND_OF_ID.items()}
+# Tables only `build` writes, and tables only the library has: how a file from before
+# application_id is recognised (a mirror that a bad `match` once wrote library tables into is
+# still a mirror).
+_BUILD_TABLES = frozenset({"_sources", "model_snapshots"})
+_LIBRARY_TABLES = frozenset({"files", "journal", "runs", "matches", "generations", "pins"})
+DESCRIPTION = {
+    "civitai": "a mirror (civitai.sqlite, from `civitai-mirror build`)",
+    "library": "a library (library.sqlite, from `civitai-mirror scan`)",
+}
+
+
+class WrongDatabase(sqlite3.DatabaseError):
+    """The file is the other kind of database, or another program's: nothing was written."""
+
+
+def database_kind(conn: sqlite3.Connection) -> str | None:
+    """``"civitai"``, ``"library"``, ``"empty"`` (no tables yet) or None (another program's file).
+
+    Raises ``sqlite3.DatabaseError`` for a file that is not SQLite.
+    """
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id:
+        return _KIND_OF_ID.get(app_id)
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return "empty"
+    if tables & _BUILD_TABLES:
+        return "civitai"
+    if tables & _LIBRARY_TABLES:
+        return "library"
+    if tables & set(CIVITAI_SCHEMA):
+        return "civitai"
+    return None
+
+
+def database_file_kind(path: str | Path) -> str | None:
+    """``database_kind`` of a file, read without writing anything (``"empty"`` for an empty file)."""
+    conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()), safe='/')}?mode=ro", uri=True)
+    try:
+        return database_kind(conn)
+    finally:
+        conn.close()
+
+
+def wrong_database_message(path: str | Path, kind: str | None, wanted: str) -> str:
+    what = DESCRIPTION[kind].split(" (")[0] if kind in DESCRIPTION else "another program's database"
+    return f"{path} is {what}, not {DESCRIPTION[wanted]}"
+
+
+def check_database(conn: sqlite3.Connection, wanted: str, path: str | Path = "the database") -> None:
+    """Raise ``WrongDatabase`` unless the database is of kind ``wanted`` (or still empty)."""
+    kind = database_kind(conn)
+    if kind not in (wanted, "empty"):
+        raise WrongDatabase(wrong_database_message(path, kind, wanted))
+
+
+def check_database_file(path: str | Path, wanted: str) -> None:
+    """``check_database`` for a file that may not exist yet (a missing file passes)."""
+    if not Path(path).exists():
+        return
+    kind = database_file_kind(path)
+    if kind not in (wanted, "empty"):
+        raise WrongDatabase(wrong_database_message(path, kind, wanted))
+
+
+def mark_database(conn: sqlite3.Connection, kind: str) -> None:
+    """Set ``PRAGMA application_id`` for ``kind`` (after ``check_database``); a no-op when set."""
+    app_id = _ID_OF_KIND[kind]
+    if conn.execute("PRAGMA application_id").fetchone()[0] != app_id:
+        conn.execute(f"PRAGMA application_id = {app_id}")
 
 
 # ---- civitai.sqlite ----------------------------------------------------------

@@ -146,7 +146,7 @@ def test_incremental_build_reads_only_new_files(built):
 def test_full_rebuild_equals_incremental(built, tmp_path):
     dump, db, _ = built
     result = CliRunner().invoke(cli, ["build", str(dump), "--db", str(db), "--full", "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the broken file: built, and the status says so
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["models"], summary["files"], summary["hashes"]) == (8, 10, 31)
     assert summary["errors"] == [{"path": "00000000/00000108.json",
@@ -158,7 +158,7 @@ def test_cli_build_text_and_missing_dump(tmp_path):
     dump = copy_dump(tmp_path / "dump")
     runner = CliRunner()
     result = runner.invoke(cli, ["build", str(dump), "--db", str(tmp_path / "c.sqlite")])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # one broken file; everything else is built
     assert "8 models, 9 versions, 10 files, 31 hashes, 4 images (2 saved locally)" in result.stdout
     assert "00000108.json: broken JSON" in result.stderr
     missing = runner.invoke(cli, ["build", str(tmp_path / "nope"), "--db", str(tmp_path / "c.sqlite")])

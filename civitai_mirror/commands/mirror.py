@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
-from civitai_mirror.options import db_option, json_option, progress_bar, setup_logging, verbose_option
-from mirror.build import build_mirror
+from civitai_mirror.options import (db_option, json_option, progress_bar, require_database, setup_logging,
+                                    verbose_option)
+from mirror.build import EmptyDump, build_mirror
 from mirror.hashes import HASH_TYPES
 from mirror.lookup import lookup_hashes
+from mirror.writer import BuildSummary
 
 DB_OPTION = db_option("civitai.sqlite", "The mirror database.")
 
@@ -25,7 +27,8 @@ DB_OPTION = db_option("civitai.sqlite", "The mirror database.")
 def build(dump_dir: str, db_path: str, full: bool, as_json: bool, verbose: int) -> None:
     """Build (or update) civitai.sqlite from a crawler dump folder.
 
-    Only new or changed files are read unless --full. Broken JSON files are reported and skipped.
+    Only new or changed files are read unless --full. Broken JSON files are reported and skipped;
+    the exit status is then 1 (the rest is built).
 
     \b
     Example:
@@ -36,12 +39,22 @@ def build(dump_dir: str, db_path: str, full: bool, as_json: bool, verbose: int) 
     if not Path(dump_dir).is_dir():
         raise click.ClickException(f"dump folder {dump_dir} not found; crawl into it first "
                                    f"(civitai-mirror crawl -o {dump_dir})")
-    with progress_bar("reading dump") as bar:
-        summary = build_mirror(dump_dir, db_path, full=full,
-                               progress=(lambda done, total: bar(completed=done, total=total)) if bar else None)
+    require_database(db_path, "civitai")
+    try:
+        with progress_bar("reading dump") as bar:
+            summary = build_mirror(dump_dir, db_path, full=full,
+                                   progress=(lambda done, total: bar(completed=done, total=total)) if bar else None)
+    except EmptyDump as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"db": db_path, **summary.as_dict()}))
-        return
+    else:
+        _report_build(dump_dir, db_path, summary)
+    if summary.errors:  # like lookup: the output is complete, the status says something failed
+        click.get_current_context().exit(1)
+
+
+def _report_build(dump_dir: str, db_path: str, summary: BuildSummary) -> None:
     for path, error in summary.errors:
         click.echo(f"error: {Path(dump_dir) / path}: {error}", err=True)
     click.echo(
@@ -94,8 +107,7 @@ def lookup(ctx: click.Context, hashes: tuple[str, ...], db_path: str, hash_type:
         civitai-mirror lookup 2c6c9b3e47 --db civitai.sqlite
         civitai-mirror lookup 9C783C8CE46C 0x7a1b... --json
     """
-    if not Path(db_path).exists():
-        raise click.ClickException(f"no mirror database at {db_path}; run civitai-mirror build first")
+    require_database(db_path, "civitai", must_exist=True)
     results = lookup_hashes(db_path, hashes, hash_type)
     for result in results:
         if as_json:
