@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import click
 
 from matcher.paths import safe_name
+from mirror.library_view import LORA_KINDS
 
 ENV_VAR = "CIVITAI_MIRROR_CONFIG"
 DEFAULT_MAX_FILE_SIZE = 10 * 2**30
@@ -36,7 +37,7 @@ DEFAULT_TYPE_FOLDERS: dict[str, str] = {
 #: Civitai types (ModelType enum) and the scan's ``files.model_type`` values -> canonical type key.
 TYPE_KEYS: dict[str, str] = {
     "checkpoint": "checkpoint",
-    "lora": "lora", "locon": "lora", "lycoris": "lora", "dora": "lora",
+    **{kind: "lora" for kind in LORA_KINDS},
     "textualinversion": "embedding", "embedding": "embedding",
     "hypernetwork": "hypernetwork",
     "controlnet": "controlnet",
