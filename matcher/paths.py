@@ -94,3 +94,18 @@ def with_counter(name: str, counter: int, suffix_len: int | None = None) -> str:
     else:
         stem, suffix = name[: len(name) - suffix_len], name[len(name) - suffix_len:]
     return f"{stem} ({counter}){suffix}"
+
+
+# What file managers, browsers and people add to the name of a copy (checked on the stem):
+# "x (copy)", "x (Copy 2)", "x - Copy", "x - Copy (3)", "x copy", "x copy 2", "x_copy", "x (1)",
+# "Copy of x", "copy (2) of x". Bounded, anchored patterns: linear on any name.
+_COPY_MARKER = re.compile(
+    r"(?i)(?:\s*\(\s*copy(?:\s*\d{1,6})?\s*\)|\s+-\s+copy(?:\s*\(\d{1,6}\))?|\s+copy(?:\s+\d{1,6})?"
+    r"|[_-]copy\d{0,6}|\s*\(\d{1,6}\))$"
+    r"|^copy(?:\s*\(\d{1,6}\))?\s+of\s")
+
+
+def has_copy_marker(name: str) -> bool:
+    """True when a file name looks like a copy of another (``a (copy).png``, ``Copy of a.png``, ``a (1).png``)."""
+    stem = split_suffix(name)[0]
+    return bool(_COPY_MARKER.search(stem[:MAX_NAME_BYTES * 2]))

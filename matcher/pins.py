@@ -39,12 +39,20 @@ def pin_for(row: dict, by_id: dict, by_sha: dict) -> dict | None:
 
 def pin_file(db: sqlite_utils.Database, path: str | Path, version_id: int,
              civitai_db: sqlite_utils.Database | str | Path | None = None) -> dict:
-    """Pin a file to a Civitai version; every later ``match`` keeps it. Returns the match row."""
+    """Pin a file to a Civitai version; every later ``match`` keeps it. Returns the match row.
+
+    ``LookupError`` when the file is not in the library, or when a mirror is given and does not
+    know the version (a typo would otherwise sort the file under ``other/Unknown/``).
+    """
     ensure_library(db)
     row = file_by_path(db, path)
+    mirror = Mirror(civitai_db)
+    if mirror.has("model_versions") and mirror.version(version_id) is None:
+        raise LookupError(f"version {version_id} is not in the mirror; check the id "
+                          "(the number after modelVersionId= in a Civitai link), or update the mirror")
     pin = {"file_id": row["id"], "path": row["path"], "sha256": row.get("sha256"),
            "version_id": int(version_id), "_pinned_at": utc_now()}
-    res = pin_result(pin, Mirror(civitai_db))
+    res = pin_result(pin, mirror)
     res["pinned"] = 1
     stored = match_row(row["id"], res, pin["_pinned_at"])
     with db.conn:

@@ -27,7 +27,9 @@ Rules, in the order they apply:
    ``matches`` row (the checkpoint's Civitai version) names.
 5. **Duplicates.** A media file (or model) whose full SHA256 equals a file already in, or already
    planned into, its destination folder goes to ``DEST/duplicates/media/<type folder>/``
-   (``duplicates/models/...`` for models). Never decided by name.
+   (``duplicates/models/...`` for models). Never decided by name; but of two equal files the one
+   whose name has no copy marker (``a (copy).png``, ``a - Copy.png``, ``Copy of a.png``, ``a (1).png``)
+   is placed first, so the copy is the one that goes to ``duplicates/``.
 6. **Everything else stays where it is** and is recorded as ignored, with the reason.
 7. **Never overwrite.** A taken name gets a counter: ``name (1).ext`` (sidecars get the same
    counter as their file).
@@ -46,7 +48,7 @@ import sqlite_utils
 from crawler.clock import utc_now
 from matcher.config import DEFAULT_TYPE_FOLDERS, model_type_key, parse_bool, parse_model_type_folders
 from matcher.models import SIDECAR_SUFFIXES
-from matcher.paths import base_model_folder, safe_name, split_suffix, with_counter
+from matcher.paths import base_model_folder, has_copy_marker, safe_name, split_suffix, with_counter
 from mirror.library_view import LORA_KINDS
 
 #: A match below this confidence (and not pinned) never sorts a file.
@@ -128,14 +130,70 @@ class Plan:
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        data = json.loads(text)
-        return cls(dest=data["dest"], created_at=data.get("created_at", utc_now()),
-                   in_place=data.get("in_place", 0),
-                   moves=[Move(**m) for m in data.get("moves", [])],
-                   ignored=[Ignored(**i) for i in data.get("ignored", [])])
+        """A plan written by ``to_json``; ``PlanError`` (one line) for anything else."""
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise PlanError(f"not JSON: {str(exc)[:200]}") from None
+        if not isinstance(data, dict):
+            raise PlanError(f"a plan is a JSON object with 'dest' and 'moves', not {type(data).__name__}")
+        dest = data.get("dest")
+        if not isinstance(dest, str) or not os.path.isabs(dest):
+            raise PlanError("'dest' must be an absolute folder path")
+        moves = [_record(Move, m, f"moves[{i}]", ("source", "destination"))
+                 for i, m in enumerate(_list(data, "moves"))]
+        for i, move in enumerate(moves):
+            if not os.path.isabs(move.source) or not _inside(move.destination, dest):
+                raise PlanError(f"moves[{i}]: source must be absolute and destination inside {dest}")
+        return cls(dest=dest, created_at=str(data.get("created_at") or utc_now()),
+                   in_place=data.get("in_place") if isinstance(data.get("in_place"), int) else 0,
+                   moves=moves,
+                   ignored=[_record(Ignored, m, f"ignored[{i}]", ("path",))
+                            for i, m in enumerate(_list(data, "ignored"))])
+
+
+class PlanError(ValueError):
+    """A plan file that is not a plan (the message is one line)."""
+
+
+def _list(data: dict, key: str) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise PlanError(f"'{key}' must be a list, not {type(value).__name__}")
+    return value
+
+
+def _record(kind: type, item: Any, where: str, required: tuple[str, ...]) -> Any:
+    if not isinstance(item, dict):
+        raise PlanError(f"{where} must be an object, not {type(item).__name__}")
+    fields = kind.__dataclass_fields__
+    values = {k: v for k, v in item.items() if k in fields and v is not None}
+    for key, spec in fields.items():
+        value = values.get(key)
+        wanted = (str,) if spec.type.startswith("str") else (int,) if spec.type.startswith("int") else ()
+        if (key in required and not value) or (value is not None and wanted and (
+                not isinstance(value, wanted) or isinstance(value, bool))):
+            raise PlanError(f"{where}.{key}: expected {'a non-empty ' if key in required else ''}"
+                            f"{wanted[0].__name__ if wanted else 'value'}, got {json.dumps(value)[:60]}")
+    return kind(**values)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.normpath(path), os.path.normpath(folder)
+    return os.path.isabs(path) and path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 # ---- reading library.sqlite --------------------------------------------------------------------
+
+def _has_suggestions(match: dict | None) -> bool:
+    """Whether a ``matches`` row holds at least one suggestion (stored as JSON text, often ``'[]'``)."""
+    value = (match or {}).get("suggestions")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            return False
+    return bool(value) and isinstance(value, list)
 
 def usable_match(row: dict | None) -> bool:
     """True when a ``matches`` row may sort a file: a version, and pinned or confident enough."""
@@ -305,7 +363,8 @@ class _Planner:
     # -- the rules --
 
     def run(self) -> Plan:
-        files = list(self.files.values())
+        # Originals before copies: of two equal files the first placed stays, the other is a duplicate.
+        files = sorted(self.files.values(), key=lambda f: has_copy_marker(os.path.basename(f["path"])))
         models = [f for f in files if self.kind(f) == "model"]
         # 1-3: models with their sidecars and same-stem media.
         model_units: list[_Unit] = []
@@ -322,7 +381,7 @@ class _Planner:
                     f"matched by {match.get('hash_type') or 'hash'}"
                 self.place(unit, folder, key, f"{why}: {match.get('model_name')} (version {match.get('version_id')})")
             else:
-                reason = "no confident match" + (" (only a suggestion)" if match and match.get("suggestions") else "")
+                reason = "no confident match" + (" (only a suggestion)" if _has_suggestions(match) else "")
                 self.claimed.difference_update({unit.owner["id"], *(c["id"] for c, _ in unit.companions)})
                 self.ignore(unit.owner, reason)
                 for comp, _ in unit.companions:

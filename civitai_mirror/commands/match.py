@@ -91,11 +91,13 @@ def match(db_path: str, civitai_db: str, online: bool, api_base: tuple[str, ...]
 
 @click.command(name="pin")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.argument("version_id", type=int)
+@click.argument("version_id", type=click.IntRange(min=1))
 @db_option("library.sqlite", "The library database written by scan.")
-@civitai_db_option(help="Used only to show the model's name.")
+@civitai_db_option(help="Checks that the version exists and shows the model's name.")
 def pin(file: str, version_id: int, db_path: str, civitai_db: str) -> None:
     """Pin FILE to a Civitai version: every later `match` keeps this match.
+
+    A version the mirror does not have is refused (without a mirror it cannot be checked).
 
     \b
     Example:
@@ -106,7 +108,8 @@ def pin(file: str, version_id: int, db_path: str, civitai_db: str) -> None:
         row = pin_file(db, file, version_id, cdb)
     except LookupError as exc:
         raise click.ClickException(str(exc))
-    name = f" ({row['model_name']} / {row['version_name']})" if row.get("model_name") else ""
+    name = f" ({row['model_name']} / {row['version_name']})" if row.get("model_name") else \
+        "" if cdb else f" (not checked: {civitai_db} does not exist)"
     click.echo(f"Pinned {file} to version {version_id}{name}")
 
 

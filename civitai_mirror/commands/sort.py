@@ -13,8 +13,11 @@ from rich.table import Table
 from civitai_mirror.options import civitai_db_option, config_option, db_option, json_option, progress_bar
 from matcher.config import load_config, resolve
 from matcher.journal import apply_plan, list_runs, recover_runs, undo_run
-from matcher.plan import Plan, plan_moves
+from matcher.plan import Plan, PlanError, plan_moves
 from matcher.schema import open_library
+
+#: A saved plan larger than this is refused unread (a plan of 100,000 moves is about 50 MB).
+MAX_PLAN_BYTES = 1 << 30
 
 
 def sort_settings(config_path: str | None, db_path: str | None, civitai_db: str | None, dest: str | None):
@@ -38,39 +41,91 @@ def _short(path: str, base: str) -> str:
 
 
 def print_plan(plan, show_ignored: bool = False) -> None:
+    """The plan as a table at a terminal (long paths fold, never cut); elsewhere one line per move,
+    ``SOURCE → DESTINATION  (why)``, with whole paths."""
     console = Console(highlight=False)
-    sources = [os.path.dirname(m.source) for m in plan.moves]
-    base = os.path.commonpath(sources) if sources else plan.dest
-    table = Table(f"Source (in {base})", "→", f"Destination (in {plan.dest})", "Why",
-                  title="Sort plan")
-    for move in plan.moves:
-        table.add_row(_short(move.source, base), "→", _short(move.destination, plan.dest), move.role)
-    if plan.moves:
-        console.print(table)
+    if plan.moves and console.is_terminal:
+        sources = [os.path.dirname(m.source) for m in plan.moves]
+        base = os.path.commonpath(sources) if sources else plan.dest
+        table = Table(title="Sort plan")
+        table.add_column(f"Source (in {base})", overflow="fold")
+        table.add_column("→")
+        table.add_column(f"Destination (in {plan.dest})", overflow="fold")
+        table.add_column("Why", no_wrap=True)
+        for move in plan.moves:
+            table.add_row(_short(move.source, base), "→", _short(move.destination, plan.dest), move.role)
+        console.print(table, markup=False)
+    else:
+        for move in plan.moves:
+            click.echo(f"{move.source} → {move.destination}  ({move.role})")
     if show_ignored:
         for item in plan.ignored:
-            console.print(f"ignored: {item.path} ({item.reason})", markup=False)
+            click.echo(f"ignored: {item.path} ({item.reason})")
     summary = plan.summary()
     reasons = Counter(i.reason.split(":")[0] for i in plan.ignored)
-    console.print(f"{summary['moves']} to move ({summary['bytes']:,} bytes), {summary['in_place']} already in place, "
-                  f"{summary['ignored']} left in place"
-                  + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common(4)) + ")" if reasons else ""),
-                  markup=False)
+    click.echo(f"{summary['moves']} to move ({summary['bytes']:,} bytes), {summary['in_place']} already in place, "
+               f"{summary['ignored']} left in place"
+               + (" (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common(4)) + ")" if reasons else ""))
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C in the middle of moving files: say what state things are in and what to run."""
+    exit_code = 130
+
+
+def interrupted_hint(db) -> Interrupted:
+    run = next(iter(db.query("select * from runs where state in ('interrupted', 'undoing', 'running') "
+                             "order by _started_at desc, rowid desc limit 1")), None)
+    if run is None:
+        return Interrupted("interrupted before anything moved")
+    counts = {r["state"]: r["n"] for r in db.query(
+        "select state, count(*) as n from journal where run_id = ? group by state", [run["id"]])}
+    if run["state"] == "undoing":
+        return Interrupted(f"undo of run {run['id']} interrupted ({counts.get('undone', 0)} files put back); "
+                           "run `civitai-mirror undo` again to finish it")
+    return Interrupted(f"interrupted: run {run['id']} moved {counts.get('done', 0)} of {run['moves']} files; "
+                       "`civitai-mirror sort --resume` finishes it, `civitai-mirror undo` puts them back")
+
+
+def load_plan(plan_file: str, dest_given: str | None) -> Plan:
+    """A plan saved by --save-plan; one line for anything that is not one, or for another --dest."""
+    if os.path.getsize(plan_file) > MAX_PLAN_BYTES:
+        raise click.ClickException(f"{plan_file} is larger than {MAX_PLAN_BYTES >> 20} MiB; not a saved plan")
+    try:
+        plan = Plan.from_json(Path(plan_file).read_text(encoding="utf-8", errors="replace"))
+    except PlanError as exc:
+        raise click.ClickException(f"{plan_file} is not a plan saved by --save-plan: {exc}") from None
+    if dest_given and os.path.realpath(os.path.expanduser(dest_given)) != os.path.realpath(plan.dest):
+        # Not re-rooted: the plan's counters and duplicate choices were made against what the other
+        # tree held, so moving its files under a new root would apply decisions made for another place.
+        raise click.ClickException(
+            f"{plan_file} was planned for --dest {plan.dest}, not {dest_given}; leave --dest out to apply it "
+            f"there, or plan again with `civitai-mirror sort --dest {dest_given} --save-plan FILE --dry-run`")
+    return plan
 
 
 def apply_with_progress(db, plan):
-    with progress_bar("moving", total=len(plan.moves)) as bar:
-        return apply_plan(db, plan, progress=lambda row: bar(advance=1))
+    """Apply ``plan`` with a progress bar; Ctrl-C ends in one line that says what to run next."""
+    try:
+        with progress_bar("moving", total=len(plan.moves)) as bar:
+            return apply_plan(db, plan, progress=lambda row: bar(advance=1))
+    except KeyboardInterrupt:
+        raise interrupted_hint(db) from None
 
 
-def echo_run(summary: dict, as_json: bool) -> None:
+def echo_run(summary: dict, as_json: bool, exit_on_problems: bool = True) -> None:
+    """Print a run summary, then every file that failed or was refused and why; exit 1 if any."""
     if as_json:
         click.echo(json.dumps(summary))
-        return
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["journal"].items()))
-    click.echo(f"run {summary['run_id']}: {summary['state']} ({counts or 'nothing'})")
-    for item in summary.get("refused", []):
-        click.echo(f"refused: {item['destination']}: {item['reason']}")
+    else:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(summary["journal"].items()))
+        click.echo(f"run {summary['run_id']}: {summary['state']} ({counts or 'nothing'})")
+        for item in summary.get("failed", []):
+            click.echo(f"failed: {item['source']}: {item['reason']}")
+        for item in summary.get("refused", []):
+            click.echo(f"refused: {item['destination']}: {item['reason']}")
+    if exit_on_problems and (summary.get("failed") or summary.get("refused")):
+        raise SystemExit(1)
 
 
 @click.command(name="sort")
@@ -100,18 +155,25 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
         civitai-mirror sort --dest ~/sd/sorted --db library.sqlite
         civitai-mirror sort --resume
     """
+    dest_given = dest
     config, db_path, civitai_db, dest = sort_settings(config_path, db_path, civitai_db, dest)
     db = open_sort_db(db_path)
     if resume or rollback:
-        for summary in recover_runs(db, rollback=rollback) or []:
-            echo_run(summary, as_json)
+        try:
+            recovered = recover_runs(db, rollback=rollback)
+        except KeyboardInterrupt:
+            raise interrupted_hint(db) from None
+        for summary in recovered:
+            echo_run(summary, as_json, exit_on_problems=False)
         if not as_json:
             click.echo("nothing left to recover" if not db.execute(
                 "select count(*) from runs where state in ('running', 'interrupted')").fetchone()[0]
                 else "some runs are still running in another process")
+        if any(summary.get("refused") for summary in recovered):
+            raise SystemExit(1)
         return
     if plan_file:
-        plan = Plan.from_json(Path(plan_file).read_text(encoding="utf-8"))
+        plan = load_plan(plan_file, dest_given)
     else:
         if not dest:
             raise click.ClickException("where to? give --dest DIR (or destination_directory in config.ini)")
@@ -158,9 +220,9 @@ def undo(run_id, db_path, config_path, as_json) -> None:
         summary = undo_run(db, run_id)
     except LookupError as exc:
         raise click.ClickException(f"{exc} (see `civitai-mirror runs`)") from None
+    except KeyboardInterrupt:
+        raise interrupted_hint(db) from None
     echo_run(summary, as_json)
-    if summary.get("refused"):
-        raise SystemExit(1)
 
 
 @click.command(name="runs")
