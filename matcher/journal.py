@@ -351,6 +351,8 @@ def undo_run(db: sqlite_utils.Database, run_id: str | None = None) -> dict[str, 
         raise LookupError(f"no run {run_id}")
     if run["state"] in ("running", "undoing") and _process_alive(run):
         raise LookupError(f"run {run_id} is {run['state']} in process {run['pid']}; wait for it to end")
+    if run["state"] in ("undone", "rolled_back"):
+        raise LookupError(f"run {run_id} is already {run['state'].replace('_', ' ')}")
     recover_runs(db, exclude=run_id)
     return _put_back(db, run, "undone")
 

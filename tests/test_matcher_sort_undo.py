@@ -187,6 +187,8 @@ def test_a_run_that_moved_nothing_is_not_what_undo_undoes(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["run_id"] == first_id
     assert manifest(tmp_path) == before
+    result = run("undo", first_id, "--db", db_path)
+    assert result.exit_code == 1 and f"run {first_id} is already undone" in result.output
     # The destination root the sort created is gone; the pre-existing folder and its file stay.
     assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "dest").rglob("*")) == [
         "dest/models", "dest/models/checkpoints", "dest/models/checkpoints/SDXL1.0",

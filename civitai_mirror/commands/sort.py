@@ -167,7 +167,7 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
             echo_run(summary, as_json, exit_on_problems=False)
         if not as_json:
             click.echo("nothing left to recover" if not db.execute(
-                "select count(*) from runs where state in ('running', 'interrupted')").fetchone()[0]
+                "select count(*) from runs where state in ('running', 'interrupted', 'undoing')").fetchone()[0]
                 else "some runs are still running in another process")
         if any(summary.get("refused") for summary in recovered):
             raise SystemExit(1)
