@@ -132,11 +132,12 @@ def apply_plan(db: sqlite_utils.Database, plan: Plan,
         _set_run(db, run_id, state="interrupted", error=repr(exc)[:500])
         raise
     _set_run(db, run_id, state="done", _finished_at=utc_now())
-    summary = run_summary(db, run_id)
-    summary["failed"] = [{"source": r["source"], "destination": r["destination"], "reason": r["error"]}
-                         for r in db.query("select * from journal where run_id = ? and state = 'failed' "
-                                           "order by seq", [run_id])]
-    return summary
+    return {**run_summary(db, run_id), "failed": _failed(db, run_id)}
+
+
+def _failed(db: sqlite_utils.Database, run_id: str) -> list[dict[str, Any]]:
+    return [{"source": r["source"], "destination": r["destination"], "reason": r["error"]}
+            for r in db.query("select * from journal where run_id = ? and state = 'failed' order by seq", [run_id])]
 
 
 def _journal_moves(db: sqlite_utils.Database, run_id: str, plan: Plan) -> None:
@@ -263,7 +264,7 @@ def recover_runs(db: sqlite_utils.Database, rollback: bool = False,
             log.warning("finishing run %s", run["id"])
             _settle(db, run["id"], back=False)
             _set_run(db, run["id"], state="done", _finished_at=utc_now())
-            out.append(run_summary(db, run["id"]))
+            out.append({**run_summary(db, run["id"]), "failed": _failed(db, run["id"])})
     return out
 
 

@@ -199,3 +199,26 @@ def test_pin_refuses_a_version_the_mirror_does_not_have(lib):
     # Without a mirror nothing can be checked: the pin is taken, and the output says so.
     result = run("pin", target, "999999", "--db", db_path, "--civitai-db", str(root / "none.sqlite"))
     assert result.exit_code == 0 and "not checked" in result.output
+
+
+def test_resume_lists_a_move_it_could_not_finish(lib, monkeypatch):
+    root, db_path, _, _ = lib
+    real, calls = journal.move_file, []
+
+    def interrupted_at_the_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(journal, "move_file", interrupted_at_the_second)
+    assert run("sort", "--dest", str(root / "dest"), "--db", db_path).exit_code == 130
+    monkeypatch.setattr(journal, "move_file", real)
+    squatter = root / "dest/models/loras/SDXL/Bee LoCon/b.safetensors"   # planned, not moved yet
+    squatter.parent.mkdir(parents=True)
+    squatter.write_bytes(b"arrived meanwhile")
+    result = run("sort", "--resume", "--db", db_path)
+    assert result.exit_code == 1, result.output
+    assert f"failed: {root / 'src/two/b.safetensors'}: destination taken by another file" in result.output
+    assert squatter.read_bytes() == b"arrived meanwhile"
+    assert (root / "src/two/b.safetensors").read_bytes() == TREE["src/two/b.safetensors"]

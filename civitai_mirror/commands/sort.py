@@ -169,7 +169,7 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
             click.echo("nothing left to recover" if not db.execute(
                 "select count(*) from runs where state in ('running', 'interrupted', 'undoing')").fetchone()[0]
                 else "some runs are still running in another process")
-        if any(summary.get("refused") for summary in recovered):
+        if any(summary.get("refused") or summary.get("failed") for summary in recovered):
             raise SystemExit(1)
         return
     if plan_file:
