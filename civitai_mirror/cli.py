@@ -38,6 +38,15 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error in one line (the message and where help is), not usage + hint + message."""
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError):
+        where = f" (see '{error.ctx.command_path} --help')" if error.ctx else ""
+        super().__init__(error.format_message() + where)
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when they are used."""
 
@@ -53,6 +62,8 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option value, a missing argument: one line
+            raise OneLineUsageError(exc) from None
         except sqlite3.DatabaseError as exc:  # e.g. --db names a file that is not SQLite
             raise click.ClickException(
                 f"cannot use the database: {exc} (check --db, --civitai-db and --library)") from None

@@ -53,7 +53,7 @@ def prepare_demo(directory: str | Path) -> Path:
 @click.option("--serve/--no-serve", "serve_after", default=True, show_default=True,
               help="Start `serve` at the end (Ctrl-C stops it).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8001, show_default=True, type=int)
+@click.option("--port", default=8001, show_default=True, type=click.IntRange(0, 65535))
 def demo(directory: str, serve_after: bool, host: str, port: int) -> None:
     """Run the whole pipeline offline on bundled sample data, then serve it.
 

@@ -16,6 +16,8 @@ from mirror.lookup import files_for_sha256, lookup_with_conn
 
 MAX_ID = 2147483647
 MAX_BY_HASH = 100
+MAX_PAGE = MAX_ID  # (page - 1) * limit stays far inside SQLite's 64-bit OFFSET
+MAX_LIST_VALUES = 100  # ids=, types=: one SQL parameter each
 
 
 class BadRequest(ValueError):
@@ -121,6 +123,13 @@ def versions_by_hashes(conn: sqlite3.Connection, body: Any) -> list[dict[str, An
     return out
 
 
+def _list_arg(text: str, name: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if len(values) > MAX_LIST_VALUES:
+        raise BadRequest(f"at most {MAX_LIST_VALUES} {name} per request")
+    return values
+
+
 def models_list(conn: sqlite3.Connection, args: dict[str, str], base_url: str = "") -> dict:
     """``GET /api/v1/models``: ``ids``, ``types``, ``username``, ``baseModels``, ``limit``, ``page``."""
     try:
@@ -130,15 +139,15 @@ def models_list(conn: sqlite3.Connection, args: dict[str, str], base_url: str = 
         raise BadRequest("limit and page must be integers") from None
     if not 0 <= limit <= 100:
         raise BadRequest("limit must be between 0 and 100")
-    if page < 1:
-        raise BadRequest("page must be 1 or more")
+    if not 1 <= page <= MAX_PAGE:
+        raise BadRequest(f"page must be between 1 and {MAX_PAGE}")
     where, params = [], []
     if args.get("ids"):
-        ids = [parse_id(part, "ids") for part in args["ids"].split(",") if part.strip()]
+        ids = [parse_id(part, "ids") for part in _list_arg(args["ids"], "ids")]
         where.append(f"id IN ({','.join('?' * len(ids))})")
         params.extend(ids)
     if args.get("types"):
-        types = [t.strip() for t in args["types"].split(",") if t.strip()]
+        types = _list_arg(args["types"], "types")
         where.append(f"type IN ({','.join('?' * len(types))})")
         params.extend(types)
     if args.get("username"):

@@ -7,7 +7,9 @@ Routes (Civitai's JSON shapes, see mirror.api):
 * ``GET /api/v1/model-versions/{id}``
 * ``GET /api/v1/model-versions/by-hash/{hash}`` (any hash type, through mirror.lookup)
 * ``POST /api/v1/model-versions/by-hash`` (JSON array of ≤100 SHA256; one answer per matched file)
-* ``GET /-/civitai-images/images/<block>/<file>``: a preview image saved by ``crawl --images``
+* ``GET /-/civitai-images/images/<block>/<file>``: a preview image saved by ``crawl --images``,
+  only of the image and video types in ``MEDIA_TYPES`` (the extension came from a URL a stranger
+  wrote), with ``X-Content-Type-Options: nosniff``
 
 Not found is 404 with Civitai's body; bad input is 400 ``{"error": "..."}``.
 ``civitai-mirror serve`` registers this module; configuration (optional) under
@@ -29,7 +31,15 @@ from datasette.utils.asgi import Response, asgi_send_file
 from mirror import api, library_view
 
 PLUGIN = "civitai-mirror"
-_LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.[A-Za-z0-9]+$")
+_LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
+#: what a saved preview may be served as, by its extension; anything else is not served
+MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+               "gif": "image/gif", "avif": "image/avif", "mp4": "video/mp4", "webm": "video/webm"}
+
+
+def _media_type(rel: str) -> str | None:
+    match = _LOCAL_IMAGE.match(rel)
+    return MEDIA_TYPES.get(match.group(1).lower()) if match else None
 
 
 def _civitai_db(datasette):
@@ -143,15 +153,17 @@ async def _dump_dir(datasette) -> Path | None:
 
 async def image_view(datasette, request, send):
     rel = request.url_vars["path"]
-    dump = await _dump_dir(datasette)
-    if not _LOCAL_IMAGE.match(rel) or dump is None:
+    media_type = _media_type(rel)
+    dump = await _dump_dir(datasette) if media_type else None
+    if dump is None:
         await _error("Image not found", 404).asgi_send(send)
         return
     path = (dump / rel).resolve()
     if dump.resolve() not in path.parents or not path.is_file():
         await _error("Image not found", 404).asgi_send(send)
         return
-    await asgi_send_file(send, str(path), headers={"Cache-Control": "max-age=86400"})
+    await asgi_send_file(send, str(path), content_type=media_type, headers={
+        "Cache-Control": "max-age=86400", "X-Content-Type-Options": "nosniff"})
 
 
 @hookimpl
@@ -176,9 +188,13 @@ def skip_csrf(datasette, scope):
 def render_cell(value, column, table, database, datasette):
     if database == "library":
         return library_view.render_library_cell(value, column, table, datasette)
-    if table == "images" and column == "local_path" and isinstance(value, str) \
-            and _LOCAL_IMAGE.match(value):
+    media_type = _media_type(value) if isinstance(value, str) else None
+    if table == "images" and column == "local_path" and media_type:
         src = datasette.urls.path(f"/-/civitai-images/{value}")
+        if media_type.startswith("video/"):
+            return markupsafe.Markup(
+                '<video src="{src}" controls muted preload="metadata" '
+                'style="max-width:160px;max-height:160px"></video>').format(src=src)
         return markupsafe.Markup(
             '<a href="{src}"><img src="{src}" loading="lazy" alt="{alt}" '
             'style="max-width:160px;max-height:160px"></a>').format(src=src, alt=value)

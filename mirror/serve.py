@@ -1,17 +1,29 @@
-"""Datasette over civitai.sqlite (immutable) and, optionally, library.sqlite (read-only).
+"""Datasette over civitai.sqlite and, optionally, library.sqlite, both read-only.
 
 ``make_datasette`` is what ``civitai-mirror serve`` runs and what the tests use in-process: it loads
 ``datasette_metadata.yml`` (Datasette 0.65 format), names the databases ``civitai`` and ``library``
-whatever their file names, and registers the plugin in mirror.plugin.
+whatever their file names, and registers the plugin in mirror.plugin. ``bind`` takes the port
+first (a busy port is an error before anything is printed); ``run_server`` serves on it behind
+mirror.http_guard.
+
+The files are opened ``mode=ro``, never ``immutable``: an incremental build writes the mirror in
+place, a transaction at a time, and SQLite's locking shows a reader the whole database before or
+after each. ``build --full`` swaps in a new file instead, which a connection would never see (it
+reads the old inode): ``FollowingDatabase`` opens a thread's connection again when the file at the
+path (or, for the library, the attached mirror) is another one.
 """
 from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import logging
+import os
+import socket
 import sqlite3
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 import uvicorn
@@ -21,6 +33,7 @@ from datasette.database import Database
 from datasette.plugins import pm
 
 from mirror import plugin
+from mirror.http_guard import guard, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +53,74 @@ def load_metadata(path: Path | None = None) -> dict[str, Any]:
         return yaml.safe_load(fh) or {}
 
 
+READ_BUSY_TIMEOUT_S = 15  # a reader waits this long for a build's commit (usually well under 1 s)
+MAX_CONNECTIONS = 100  # connections and requests at once; more get 503
+
+
 def register_plugin() -> None:
     if not pm.is_registered(plugin):
         pm.register(plugin, name="civitai-mirror")
+    # Datasette prints every 404 as a 60-line rich traceback with locals; a 500 still prints its
+    # plain traceback (a bug), and nothing else reaches the console.
+    pm.get_plugin("datasette.handle_exception").rich = None
 
 
-def find_library(db_path: Path, library: str | Path | None) -> Path | None:
-    """``--library`` when given, else ``library.sqlite`` beside the mirror database, else None."""
+def find_library(db_path: Path, library: str | Path | None, host: str = "127.0.0.1") -> Path | None:
+    """``--library`` when given, else ``library.sqlite`` beside the mirror database when serving on
+    loopback only (the library lists your files' paths: named, never found, for other machines)."""
     if library is not None:
         return Path(library)
     beside = Path(db_path).resolve().parent / "library.sqlite"
-    return beside if beside.exists() else None
+    return beside if beside.exists() and is_loopback(host) else None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # replaced this instant, or gone: keep reading what is open
+        return None
+    return st.st_dev, st.st_ino
+
+
+class FollowingDatabase(Database):
+    """A read-only Datasette database that follows its file when another is swapped in.
+
+    Each executor thread keeps one connection and the (device, inode) of the files it opened; a
+    query that finds another file at one of those paths opens a new connection first. The stat is
+    taken before the connection opens, so a swap in between only costs one more reopen.
+    """
+
+    def __init__(self, ds: Datasette, path: Path, follows: tuple[Path, ...] = ()):
+        super().__init__(ds, path=str(path), is_mutable=True)
+        self.follows = (str(path), *(str(p) for p in follows))
+        self._local = threading.local()
+
+    def connect(self, write: bool = False) -> sqlite3.Connection:
+        if write:
+            raise sqlite3.OperationalError(f"{self.path} is served read-only")
+        conn = sqlite3.connect(f"file:{quote(self.path, safe='/')}?mode=ro", uri=True,
+                               check_same_thread=False, timeout=READ_BUSY_TIMEOUT_S)
+        self._all_file_connections.append(conn)
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        now = tuple(_identity(p) for p in self.follows)
+        held = getattr(self._local, "held", None)
+        if held is not None and (held[1] == now or None in now):
+            return held[0]
+        if held is not None:
+            held[0].close()
+            self._all_file_connections.remove(held[0])
+        conn = self.connect()
+        self.ds._prepare_connection(conn, self.name)
+        self._local.held = (conn, now)
+        return conn
+
+    async def execute_fn(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self.ds.executor is None:
+            return fn(self._connection())
+        return await asyncio.get_running_loop().run_in_executor(
+            self.ds.executor, lambda: fn(self._connection()))
 
 
 def _columns_of(path: Path) -> dict[str, set[str]]:
@@ -106,13 +176,37 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
                    template_dir=str(TEMPLATES))
     if "_memory" in ds.databases:  # Datasette adds it when started without files
         ds.remove_database("_memory")
-    ds.add_database(Database(ds, path=str(Path(db_path).resolve()), is_mutable=False), name="civitai")
-    if library is not None:
-        ds.add_database(Database(ds, path=str(Path(library).resolve()), is_mutable=True),
+    mirror_path = Path(db_path).resolve()
+    ds.add_database(FollowingDatabase(ds, mirror_path), name="civitai")
+    if library is not None:  # its connections attach the mirror: follow that file too
+        ds.add_database(FollowingDatabase(ds, Path(library).resolve(), follows=(mirror_path,)),
                         name="library")
     return ds
 
 
-def run_server(ds, host: str, port: int) -> None:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port`` (0: any free port); OSError says why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise OSError(f"cannot serve on host {host!r}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # not a listening port's
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(f"port {port} on {host} is in use; choose another with --port") from None
+        raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def run_server(ds: Datasette, sock: socket.socket, allow_host: Callable[[str], bool] | None) -> None:
+    """Serve ``ds`` on the bound socket until interrupted, behind mirror.http_guard."""
     asyncio.run(ds.invoke_startup())
-    uvicorn.run(ds.app(), host=host, port=port, log_level="warning", lifespan="on", workers=1)
+    config = uvicorn.Config(guard(ds.app(), allow_host), log_level="warning", lifespan="on",
+                            limit_concurrency=MAX_CONNECTIONS)
+    uvicorn.Server(config).run(sockets=[sock])
