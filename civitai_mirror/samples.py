@@ -5,52 +5,27 @@ from real models). The collection holds tiny but real safetensors files (real te
 ``__metadata__``), a zip ``.ckpt``, and images whose infotexts reference those files' hashes; the
 dump holds a few dozen models of every Civitai type and of every schema generation (2023 to
 2026, Archived, never-clobber history), with the collection's real hashes in it so that matching
-works offline. The tests build their files with the same helpers (``safetensors_bytes``,
-``write_png``, ``write_jpeg``, ``write_tree``), so a fixture and the demo never drift apart.
+works offline. The bytes and files are made by ``civitai_mirror.fixtures``, the builders the
+tests use too (``safetensors_bytes``, ``write_png``, ``write_jpeg``, ``write_tree``,
+``write_models``), so a fixture and the demo never drift apart.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
-import struct
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, PngImagePlugin
-
+from civitai_mirror.fixtures import (picture, safetensors_bytes, seeded_bytes, striped, write_jpeg, write_models,
+                                     write_png, write_tree)
 from crawler.layout import model_path
 from matcher.hashing import hash_file
 
 # ---------------------------------------------------------------------------------------------
 # Tiny safetensors files with real tensor names
-
-
-def _tensor_bytes(seed: str, count: int) -> bytes:
-    return hashlib.shake_256(seed.encode()).digest(count)
-
-
-def safetensors_bytes(tensors: dict[str, list[int]], metadata: dict[str, str] | None = None,
-                      dtype: str = "F16", seed: str = "") -> bytes:
-    """A valid safetensors file: 8-byte LE header length, JSON header, tensor data."""
-    width = {"F16": 2, "BF16": 2, "F32": 4}[dtype]
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = dict(metadata)
-    offset, blobs = 0, []
-    for name, shape in tensors.items():
-        n = width
-        for dim in shape:
-            n *= dim
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
-        blobs.append(_tensor_bytes(seed + name, n))
-        offset += n
-    raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs)
 
 
 def _sd15_unet() -> dict[str, list[int]]:
@@ -112,7 +87,7 @@ def _ckpt_zip(seed: str) -> bytes:
         for name, n in (("archive/data.pkl", 64), ("archive/version", 2),
                         ("archive/data/0", 4096), ("archive/data/1", 4096)):
             info = zipfile.ZipInfo(name, date_time=(2023, 1, 1, 0, 0, 0))
-            zf.writestr(info, _tensor_bytes(seed + name, n))
+            zf.writestr(info, seeded_bytes(seed + name, n))
     return buf.getvalue()
 
 
@@ -146,43 +121,10 @@ def collection_model_files() -> dict[str, bytes]:
     }
 
 
-def write_png(path: Path, color: tuple[int, int, int], text: dict[str, str] | None = None) -> None:
-    img = Image.new("RGB", (64, 48), color)
-    for x in range(64):  # a gradient, so the blurhash is not flat
-        for y in range(0, 48, 8):
-            img.putpixel((x, y), (x * 4 % 256, y * 5 % 256, (color[2] + x) % 256))
-    info = PngImagePlugin.PngInfo()
-    for key, value in (text or {}).items():
-        info.add_text(key, value)
-    img.save(path, "PNG", pnginfo=info)
-
-
-def write_jpeg(path: Path, color: tuple[int, int, int], comment: str | None,
-                           camera: bool = False) -> None:
-    img = Image.new("RGB", (64, 48), color)
-    exif = Image.Exif()
-    if camera:
-        exif[0x010F] = "DemoCam"          # Make
-        exif[0x0110] = "DC-1"             # Model
-        exif[0x0112] = 1                  # Orientation
-        exif_ifd = exif.get_ifd(0x8769)
-        exif_ifd[0x9003] = "2024:05:06 07:08:09"  # DateTimeOriginal
-        exif_ifd[0x9011] = "+02:00"               # OffsetTimeOriginal
-        exif_ifd[0x8827] = 200                    # ISO
-    if comment is not None:
-        exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + comment.encode("utf-16-be")
-    img.save(path, "JPEG", exif=exif.tobytes(), quality=90)
-
-
 def write_sample_collection(root: str | Path) -> dict[str, Path]:
     """Write the demo collection under ``root``; returns {relative path: absolute path}."""
     root = Path(root)
-    written: dict[str, Path] = {}
-    for rel, data in collection_model_files().items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        written[rel] = path
+    written = write_tree(root, collection_model_files())
     h = {rel: hash_file(p) for rel, p in written.items()}
     ckpt = h["checkpoints/dreamy_mix_v2.safetensors"]
     lora = h["loras/paper_cut_style.safetensors"]
@@ -200,8 +142,8 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
         f"Lora hashes: \"paper_cut_style: {lora['AutoV3'].lower()}\", "
         f"TI hashes: \"soft_hands_neg: {emb['SHA256'][:12].lower()}\", Version: v1.10.1"
     )
-    write_png(out / "00001-3141592653.png", (200, 120, 40), {"parameters": a1111})
-    write_png(out / "00001-3141592653 (copy).png", (200, 120, 40), {"parameters": a1111})  # duplicate
+    write_png(out / "00001-3141592653.png", striped((200, 120, 40)), {"parameters": a1111})
+    write_png(out / "00001-3141592653 (copy).png", striped((200, 120, 40)), {"parameters": a1111})  # duplicate
     civitai_text = (
         "ink wash mountains, misty\nNegative prompt: lowres\n"
         "Steps: 30, Sampler: Euler a, CFG scale: 5, Seed: 27182818, Size: 64x48, "
@@ -209,7 +151,7 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
         "\"modelVersionName\":\"v2\"},{\"type\":\"lora\",\"weight\":0.6,\"modelVersionId\":1501,"
         "\"modelName\":\"Ink Wash Pony\",\"modelVersionName\":\"v1\"}], Created Date: 2026-05-01T10:00:00.000Z"
     )
-    write_jpeg(out / "ink_wash_onsite.jpeg", (60, 60, 90), civitai_text)
+    write_jpeg(out / "ink_wash_onsite.jpeg", picture((64, 48), (60, 60, 90)), civitai_text)
     comfy_prompt = {
         "3": {"class_type": "KSampler", "inputs": {"seed": 99, "steps": 18, "cfg": 4.0, "sampler_name": "euler",
                                                    "scheduler": "normal", "denoise": 1.0, "model": ["10", 0],
@@ -223,21 +165,21 @@ def write_sample_collection(root: str | Path) -> dict[str, Path]:
                                                       "strength_model": 0.7, "strength_clip": 0.7,
                                                       "model": ["4", 0], "clip": ["4", 1]}},
     }
-    write_png(out / "ComfyUI_00001_.png", (30, 140, 90), {"prompt": json.dumps(comfy_prompt)})
-    write_png(out / "render_0007.png", (90, 30, 140))
+    write_png(out / "ComfyUI_00001_.png", striped((30, 140, 90)), {"prompt": json.dumps(comfy_prompt)})
+    write_png(out / "render_0007.png", striped((90, 30, 140)))
     (out / "render_0007.txt").write_text(
         "a lighthouse in a storm\nUsed model: dreamy_mix_v2.safetensors\nLoRA: detail_slider_locon:0.5\n")
     moss = _fake_hashes("200-2001")  # Moss Garden: known to the mirror, not held locally
-    write_png(out / "00002-1618033988.png", (40, 110, 60), {"parameters": (
+    write_png(out / "00002-1618033988.png", striped((40, 110, 60)), {"parameters": (
         "moss covered stones, <lora:moss_garden:0.7>\nNegative prompt: blurry\n"
         f"Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1618033988, Size: 64x48, "
         f"Model hash: {ckpt['AutoV2'].lower()}, Model: dreamy_mix_v2, "
         f"Lora hashes: \"moss_garden: {moss['AutoV3'].lower()}\", Version: v1.10.1")})
-    write_png(out / "orphan_sunset.png", (250, 90, 20))
-    write_jpeg(out / "holiday_photo.jpg", (20, 90, 200), None, camera=True)
+    write_png(out / "orphan_sunset.png", striped((250, 90, 20)))
+    write_jpeg(out / "holiday_photo.jpg", picture((64, 48), (20, 90, 200)), None, camera=True)
     # media next to a model travel with it; sidecars travel with their file
-    write_png(root / "checkpoints" / "dreamy_mix_v2.png", (210, 180, 150), {"parameters": a1111})
-    write_png(root / "loras" / "paper_cut_style.preview.png", (120, 200, 40))
+    write_png(root / "checkpoints" / "dreamy_mix_v2.png", striped((210, 180, 150)), {"parameters": a1111})
+    write_png(root / "loras" / "paper_cut_style.preview.png", striped((120, 200, 40)))
     (root / "loras" / "paper_cut_style.civitai.info").write_text(json.dumps({"id": 1301, "modelId": 130}))
     for rel in ("outputs/00001-3141592653.png", "outputs/00001-3141592653 (copy).png",
                 "outputs/ink_wash_onsite.jpeg", "outputs/ComfyUI_00001_.png", "outputs/00002-1618033988.png", "outputs/render_0007.png",
@@ -417,17 +359,11 @@ def write_sample_dump(dump: str | Path, collection: str | Path) -> list[int]:
     earlier = sample_models(collection, hashed=hashed)
     latest = sample_models(collection, latest=True, hashed=hashed)
     now = "2026-11-01T00:00:00Z"
-    ids = []
-    for entry, good, last in zip(SAMPLE_MODELS, earlier, latest):
-        mid = entry[0]
-        path = model_path(dump, mid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(good, indent=1))
-        os.utime(path, (FETCHED_AT, FETCHED_AT))  # the good copy was fetched before the side file
+    # the good copies were fetched before the side files
+    ids = write_models(dump, earlier, indent=1, host="demo", at=now, mtime=FETCHED_AT)
+    for mid, good, last in zip(ids, earlier, latest):
         if last != good:
             model_path(dump, mid).with_name(f"{mid:08d}.20261101T000000Z.json").write_text(json.dumps(last, indent=1))
-        ids.append(mid)
-    (dump / "downloaded.txt").write_text("".join(f"{i:08d}\tdemo\t{now}\n" for i in ids))
     (dump / "notfound.txt").write_text("".join(f"{i:08d}\tdemo\t{now}\n" for i in (105, 115, 999)))
     for name in ("errors.txt", "crawled.txt", "missing.txt"):
         (dump / name).write_text("")

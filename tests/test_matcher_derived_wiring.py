@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
+from civitai_mirror.fixtures import gradient, write_models, write_png
 from matcher.hashing import hash_file
 from mirror.build import build_mirror
-from tests.test_matcher_match import (build_library, civitai_file, civitai_model, civitai_version, png,
-                                      safetensors, write_dump)
+from tests.test_matcher_match import build_library, civitai_file, civitai_model, civitai_version, tiny_model
 
 MODELS = {  # file name: (seed, size, Civitai model id, version id, type, baseModel)
     "xl_lora.safetensors": ("xl-lora", 3000, 10, 101, "LORA", "SDXL 1.0"),
@@ -52,18 +52,18 @@ def world(tmp_path_factory):
     hashes = {}
     for name, (seed, size, *_rest) in MODELS.items():
         path = root / "models" / name
-        path.write_bytes(safetensors(seed, size))
+        path.write_bytes(tiny_model(seed, size))
         hashes[name] = hash_file(path)
         hashes[name]["size"] = path.stat().st_size
     h15, hxl = hashes["ckpt15.safetensors"], hashes["ckptxl.safetensors"]
-    png(root / "media" / "sd15.png", 1, {"parameters": (
+    write_png(root / "media" / "sd15.png", gradient(1), {"parameters": (
         "a cat <lora:xl_lora:0.8> <lora:detail:0.5>\nNegative prompt: blurry\n"
         f"Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x48, Model hash: {h15['AutoV2'].lower()}, "
         "Model: ckpt15, Version: v1.10.1")})
-    png(root / "media" / "xl.png", 2, {"parameters": (
+    write_png(root / "media" / "xl.png", gradient(2), {"parameters": (
         "a dog <lora:xl_lora:1>\nSteps: 30, Sampler: Euler, CFG scale: 5, Seed: 2, Size: 64x48, "
         f"Model hash: {hxl['AutoV2'].lower()}, Model: ckptxl, Version: v1.10.1")})
-    png(root / "media" / "orphan.png", 3)
+    write_png(root / "media" / "orphan.png", gradient(3))
     models = []
     for name, (_seed, _size, mid, vid, mtype, base_model) in MODELS.items():
         if mid is None:
@@ -73,7 +73,7 @@ def world(tmp_path_factory):
         models.append(civitai_model(mid, name.split(".")[0].upper() + " Model", mtype, [civitai_version(
             vid, "v1", "2024-01-01T00:00:00.000Z", files, base=base_model)]))
     dump = base / "dump"
-    write_dump(dump, models)
+    write_models(dump, models)
     build_mirror(dump, base / "civitai.sqlite")
     return {"base": base, "root": root, "civitai": base / "civitai.sqlite"}
 

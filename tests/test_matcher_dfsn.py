@@ -11,12 +11,8 @@ import sqlite_utils
 from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
+from civitai_mirror.fixtures import safetensors_bytes
 from matcher import dfsn
-
-
-def model_bytes() -> bytes:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [256], "data_offsets": [0, 1024]}}).encode()
-    return struct.pack("<Q", len(header)) + header + os.urandom(1024)
 
 
 def run(*args):
@@ -26,7 +22,7 @@ def run(*args):
 
 def test_pack_layout_is_little_endian_with_model_at_0x200100(tmp_path):
     model = tmp_path / "m.safetensors"
-    data = model_bytes()
+    data = safetensors_bytes({"w": os.urandom(1024)}, dtype="F32")
     model.write_bytes(data)
     out = tmp_path / "m.dfsn"
     result = run("pack", model, out, "--set", "name=My LoRA", "--set", "epochs=10")
@@ -44,7 +40,7 @@ def test_pack_layout_is_little_endian_with_model_at_0x200100(tmp_path):
 
 def test_set_meta_in_place_keeps_model_and_refuses_too_big(tmp_path):
     model = tmp_path / "m.safetensors"
-    data = model_bytes()
+    data = safetensors_bytes({"w": os.urandom(1024)}, dtype="F32")
     model.write_bytes(data)
     out = tmp_path / "m.dfsn"
     dfsn.pack(model, out, {"name": "a", "draft": True})
@@ -63,7 +59,7 @@ def test_set_meta_in_place_keeps_model_and_refuses_too_big(tmp_path):
 
 def test_verify_info_and_unpack_roundtrip(tmp_path):
     model = tmp_path / "m.safetensors"
-    data = model_bytes()
+    data = safetensors_bytes({"w": os.urandom(1024)}, dtype="F32")
     model.write_bytes(data)
     out = tmp_path / "m.dfsn"
     dfsn.pack(model, out, {})
@@ -98,7 +94,7 @@ def test_scan_takes_sha256_from_header_and_hashes_the_embedded_model(tmp_path):
     root = tmp_path / "lib"
     root.mkdir()
     model = tmp_path / "m.safetensors"
-    data = model_bytes()
+    data = safetensors_bytes({"w": os.urandom(1024)}, dtype="F32")
     model.write_bytes(data)
     dfsn.pack(model, root / "m.dfsn", {"type": "lora", "base_model": "SDXL"})
     db_path = tmp_path / "library.sqlite"

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
+from civitai_mirror.fixtures import safetensors_bytes
 from matcher.hashing import fingerprint, hash_file
 
 MiB = 1 << 20
@@ -37,17 +38,6 @@ def reference(data: bytes) -> dict:
         "CRC32": zlib.crc32(data).to_bytes(4, "little").hex().upper(),
         "BLAKE3": blake3.blake3(data).hexdigest().upper(),
     }
-
-
-def safetensors_bytes(header_len: int | None = None, data: bytes = b"\x01\x02\x03\x04" * 4,
-                      metadata: dict | None = None) -> bytes:
-    header = {"w": {"dtype": "F32", "shape": [len(data) // 4], "data_offsets": [0, len(data)]}}
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header).encode()
-    if header_len is not None:
-        raw = raw + b" " * (header_len - len(raw))
-    return struct.pack("<Q", len(raw)) + raw + data
 
 
 def check(path: Path, **kwargs) -> dict:
@@ -81,7 +71,7 @@ def test_empty_file(tmp_path):
 def test_sizes_around_autov1_boundaries(tmp_path, size):
     body = os.urandom(size - 100)
     path = tmp_path / f"m{size}.safetensors"
-    path.write_bytes(safetensors_bytes(header_len=92, data=body))
+    path.write_bytes(safetensors_bytes({"w": body}, dtype="F32", header_len=92))
     got = check(path)
     assert (got["AutoV1"] is None) == (size < 2 * MiB)
     assert got["AutoV3_full"] == hashlib.sha256(body).hexdigest().upper()
@@ -89,7 +79,7 @@ def test_sizes_around_autov1_boundaries(tmp_path, size):
 
 def test_threaded_pipeline_matches_serial(tmp_path):
     path = tmp_path / "big.safetensors"
-    path.write_bytes(safetensors_bytes(header_len=200, data=os.urandom(9 * MiB + 7)))
+    path.write_bytes(safetensors_bytes({"w": os.urandom(9 * MiB + 7)}, dtype="F32", header_len=200))
     threaded = check(path, threaded=True, chunk_size=256 * 1024)
     serial = check(path, threaded=False)
     assert threaded == serial
@@ -97,7 +87,7 @@ def test_threaded_pipeline_matches_serial(tmp_path):
 
 def test_header_of_16_mib_or_more_hashes_from_byte_8(tmp_path):
     path = tmp_path / "hugeheader.safetensors"
-    path.write_bytes(safetensors_bytes(header_len=16 * MiB, data=b"tensor-bytes" * 10))
+    path.write_bytes(safetensors_bytes({"w": b"tensor-bytes" * 10}, dtype="F32", header_len=16 * MiB))
     got = check(path)
     data = path.read_bytes()
     assert got["AutoV3_full"] == hashlib.sha256(data[8:]).hexdigest().upper()
@@ -133,7 +123,7 @@ def test_want_limits_the_work(tmp_path):
 
 
 def test_offset_hashes_the_rest_as_a_file(tmp_path):
-    body = safetensors_bytes(header_len=100, data=os.urandom(5000))
+    body = safetensors_bytes({"w": os.urandom(5000)}, dtype="F32", header_len=100)
     path = tmp_path / "wrapped.bin"
     path.write_bytes(b"X" * 777 + body)
     got = hash_file(path, offset=777)
@@ -173,7 +163,8 @@ def test_corpus_pairs_with_equal_tensors_share_autov3_only(shared_dir):
 
 def test_hash_command_json_lines(tmp_path):
     lora = tmp_path / "tiny.safetensors"
-    lora.write_bytes(safetensors_bytes(metadata={"ss_network_module": "networks.lora"}))
+    lora.write_bytes(safetensors_bytes({"w": b"\x01\x02\x03\x04" * 4}, {"ss_network_module": "networks.lora"},
+                                       dtype="F32"))
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     result = CliRunner().invoke(cli, ["hash", str(lora), str(text), "--json"])
@@ -204,7 +195,7 @@ def test_hash_command_human_output_and_missing_file(tmp_path):
 @pytest.mark.parametrize("want", [None, {"SHA256", "AutoV3"}, {"SHA256"}, {"CRC32", "AutoV1"}])
 def test_mapped_helper_gives_the_same_hashes(tmp_path, want):
     path = tmp_path / "m.safetensors"
-    path.write_bytes(safetensors_bytes(header_len=300, data=os.urandom(3 * MiB + 11)))
+    path.write_bytes(safetensors_bytes({"w": os.urandom(3 * MiB + 11)}, dtype="F32", header_len=300))
     seen = []
     mapped = hash_file(path, want=want, mapped=True, progress=seen.append)
     assert mapped == hash_file(path, want=want, mapped=False)
@@ -214,7 +205,7 @@ def test_mapped_helper_gives_the_same_hashes(tmp_path, want):
 
 
 def test_mapped_helper_with_offset_and_huge_header(tmp_path):
-    body = safetensors_bytes(header_len=16 * MiB, data=os.urandom(1000))
+    body = safetensors_bytes({"w": os.urandom(1000)}, dtype="F32", header_len=16 * MiB)
     path = tmp_path / "wrapped.bin"
     path.write_bytes(b"Y" * 4097 + body)
     got = hash_file(path, offset=4097, mapped=True)
@@ -228,7 +219,7 @@ def test_mapped_helper_survives_a_file_truncated_under_it(tmp_path):
 
     path = tmp_path / "shrinking.safetensors"
     with open(path, "wb") as handle:  # 1 GiB, sparse: hashing it all would take seconds
-        handle.write(safetensors_bytes(header_len=100, data=b"x" * 64))
+        handle.write(safetensors_bytes({"w": b"x" * 64}, dtype="F32", header_len=100))
         handle.truncate(1 << 30)
 
     def cut_short(n):
@@ -245,8 +236,8 @@ def test_large_files_go_through_the_helper_in_a_scan(tmp_path, monkeypatch):
     import matcher.hashing as hashing
 
     lora = tmp_path / "big.safetensors"
-    lora.write_bytes(safetensors_bytes(header_len=200, data=os.urandom(2 * MiB),
-                                       metadata={"ss_network_module": "networks.lora"}))
+    lora.write_bytes(safetensors_bytes({"w": os.urandom(2 * MiB)}, {"ss_network_module": "networks.lora"},
+                                       dtype="F32", header_len=200))
     calls = []
     real = hashing.hash_mapped
     monkeypatch.setattr(hashing, "MAPPED_MIN_SIZE", MiB)

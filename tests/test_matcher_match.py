@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from civitai_mirror.cli import cli
+from civitai_mirror.fixtures import (gradient, safetensors_bytes, seeded_bytes, write_jpeg, write_models, write_png,
+                                     write_tree)
 from matcher.hashing import hash_file
 from matcher.match import iter_match_records, match_library
 from matcher.pins import pin_file, unpin_file
@@ -28,16 +28,10 @@ from mirror.build import build_mirror
 # ---- the collection -------------------------------------------------------------------------
 
 
-def safetensors(seed: str, n_bytes: int, metadata: dict | None = None) -> bytes:
-    """A valid safetensors file: u64 LE header length, JSON header, F16 tensor data."""
-    n = n_bytes // 2 * 2
-    header = {"lora_unet_down_blocks_0.alpha" if "lora" in seed else "model.diffusion_model.out.weight":
-              {"dtype": "F16", "shape": [n // 2], "data_offsets": [0, n]}}
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + hashlib.shake_256(seed.encode()).digest(n)
+def tiny_model(seed: str, n_bytes: int) -> bytes:
+    """A LoRA (a seed naming one) or a checkpoint: one F16 tensor of about n_bytes seeded bytes."""
+    name = "lora_unet_down_blocks_0.alpha" if "lora" in seed else "model.diffusion_model.out.weight"
+    return safetensors_bytes({name: seeded_bytes(seed, n_bytes // 2 * 2)})
 
 
 MODEL_FILES = {
@@ -55,33 +49,6 @@ MODEL_FILES = {
 }
 
 
-def gradient(seed: int, size=(64, 48)) -> Image.Image:
-    r = random.Random(seed)
-    c1 = [r.randrange(256) for _ in range(3)]
-    c2 = [r.randrange(256) for _ in range(3)]
-    w, h = size
-    arr = np.zeros((h, w, 3), dtype=np.uint8)
-    for y in range(h):
-        for x in range(w):
-            t, u = x / (w - 1), y / (h - 1)
-            check = 40 if (x // 16 + y // 12) % 2 else 0
-            arr[y, x] = [int(a * (1 - t) * (1 - u) + b * t * u + check) % 256 for a, b in zip(c1, c2)]
-    return Image.fromarray(arr)
-
-
-def png(path: Path, seed: int, text: dict[str, str] | None = None) -> None:
-    info = PngImagePlugin.PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
-    gradient(seed).save(path, "PNG", pnginfo=info)
-
-
-def jpeg(path: Path, seed: int, comment: str) -> None:
-    exif = Image.Exif()
-    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + comment.encode("utf-16-be")
-    gradient(seed).save(path, "JPEG", exif=exif.tobytes(), quality=92)
-
-
 def encode_blurhash(img: Image.Image, x: int, y: int) -> str:
     import blurhash
 
@@ -89,17 +56,13 @@ def encode_blurhash(img: Image.Image, x: int, y: int) -> str:
 
 
 def write_collection(root: Path) -> dict[str, dict]:
-    models = root / "models"
-    models.mkdir(parents=True)
-    hashes = {}
-    for name, (seed, size) in MODEL_FILES.items():
-        (models / name).write_bytes(safetensors(seed, size))
-        hashes[name] = hash_file(models / name)
-        hashes[name]["size"] = (models / name).stat().st_size
+    files = {name: tiny_model(seed, size) for name, (seed, size) in MODEL_FILES.items()}
     # an A1111 embedding saved as .pt (not safetensors): TI hashes are SHA256[:12] of it
-    (models / "negative.pt").write_bytes(b"PK\x03\x04" + hashlib.shake_256(b"neg").digest(3000))
-    hashes["negative.pt"] = hash_file(models / "negative.pt")
-    hashes["negative.pt"]["size"] = (models / "negative.pt").stat().st_size
+    files["negative.pt"] = b"PK\x03\x04" + seeded_bytes("neg", 3000)
+    hashes = {}
+    for name, path in write_tree(root / "models", files).items():
+        hashes[name] = hash_file(path)
+        hashes[name]["size"] = path.stat().st_size
     h = {k: {t: (v or "").lower() for t, v in d.items() if isinstance(v, str)} for k, d in hashes.items()}
 
     media = root / "media"
@@ -110,16 +73,16 @@ def write_collection(root: Path) -> dict[str, dict]:
              f"Lora hashes: \"lora_v3: {h['lora_v3.safetensors']['AutoV3']}, "
              f"lora_v2: {h['lora_v2.safetensors']['AutoV2']}\", "
              f"TI hashes: \"negative: {h['negative.pt']['SHA256'][:12]}\", Version: v1.10.1")
-    png(media / "a1111.png", 1, {"parameters": a1111})
+    write_png(media / "a1111.png", gradient(1), {"parameters": a1111})
     hashes_json = json.dumps({"model": h["ckpt_sha.safetensors"]["AutoV2"],
                               "lora:lora_v2": h["lora_v2.safetensors"]["AutoV2"],
                               "lora:remote": REMOTE_SHA[:10].lower()})
-    jpeg(media / "hashes.jpeg", 2, "a dog\nSteps: 30, Sampler: DPM++ 2M, CFG scale: 5, Seed: 2, "
-         f"Size: 64x48, Model: ckpt_sha, Hashes: {hashes_json}, Version: v1.9.0")
+    write_jpeg(media / "hashes.jpeg", gradient(2), "a dog\nSteps: 30, Sampler: DPM++ 2M, CFG scale: 5, Seed: 2, "
+               f"Size: 64x48, Model: ckpt_sha, Hashes: {hashes_json}, Version: v1.9.0", quality=92)
     resources = json.dumps([{"type": "checkpoint", "modelVersionId": 1001, "modelName": "Ckpt"},
                             {"type": "lora", "weight": 0.5, "modelVersionId": 2001, "modelName": "V3"}])
-    jpeg(media / "onsite.jpeg", 3, f"a bird\nSteps: 25, Sampler: Euler, CFG scale: 4, Seed: 3, Size: 64x48, "
-         f"Civitai resources: {resources}")
+    write_jpeg(media / "onsite.jpeg", gradient(3), "a bird\nSteps: 25, Sampler: Euler, CFG scale: 4, Seed: 3, "
+               f"Size: 64x48, Civitai resources: {resources}", quality=92)
     prompt = {
         "3": {"class_type": "KSampler", "inputs": {"model": ["10", 0], "seed": 5, "steps": 20, "cfg": 7,
                                                    "sampler_name": "euler", "scheduler": "normal",
@@ -133,13 +96,14 @@ def write_collection(root: Path) -> dict[str, dict]:
                                                       "strength_model": 0.8, "strength_clip": 0.8,
                                                       "model": ["4", 0], "clip": ["4", 1]}},
     }
-    png(media / "comfy.png", 4, {"prompt": json.dumps(prompt)})
-    png(media / "empty_hash.png", 5, {"parameters": "a tree\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, "
-                                                    "Size: 64x48, Lora hashes: \"empty: e3b0c44298fc\""})
-    png(media / "orphan_match.png", 6)
-    png(media / "orphan_none.png", 7)
-    png(media / "orphan_bytes.png", 8)       # also saved in the dump as a downloaded preview
-    png(media / "sidecar.png", 9)            # no metadata inside; names in the .txt beside it
+    write_png(media / "comfy.png", gradient(4), {"prompt": json.dumps(prompt)})
+    write_png(media / "empty_hash.png", gradient(5), {
+        "parameters": "a tree\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 5, "
+                      "Size: 64x48, Lora hashes: \"empty: e3b0c44298fc\""})
+    write_png(media / "orphan_match.png", gradient(6))
+    write_png(media / "orphan_none.png", gradient(7))
+    write_png(media / "orphan_bytes.png", gradient(8))  # also saved in the dump as a downloaded preview
+    write_png(media / "sidecar.png", gradient(9))       # no metadata inside; names in the .txt beside it
     (media / "sidecar.txt").write_text("Prompt: a boat\nUsed model: ckpt_sha.safetensors\n"
                                        "LoRA: lora_v2:0.5, remote_named:0.7\nSeed: 9\n")
     return hashes
@@ -232,18 +196,6 @@ def dump_models(hashes: dict) -> list[dict]:
     ]
 
 
-def write_dump(dump: Path, models: list[dict], collection: Path | None = None) -> None:
-    if collection is not None:                # crawl --images layout: images/<block>/<id>.<ext>
-        (dump / "images" / "00550000").mkdir(parents=True)
-        (dump / "images" / "00550000" / "555003.png").write_bytes(
-            (collection / "media" / "orphan_bytes.png").read_bytes())
-    for m in models:
-        block = dump / f"{m['id'] // 10000 * 10000:08d}"
-        block.mkdir(parents=True, exist_ok=True)
-        (block / f"{m['id']:08d}.json").write_text(json.dumps(m))
-    (dump / "downloaded.txt").write_text("".join(f"{m['id']:08d}\ttest\t2026-11-22T00:00:00Z\n" for m in models))
-
-
 def build_library(root: Path, db_path: Path):
     from matcher.scan import scan_library
 
@@ -264,7 +216,9 @@ def world(tmp_path_factory):
     root = base / "collection"
     hashes = write_collection(root)
     dump = base / "dump"
-    write_dump(dump, dump_models(hashes), root)
+    # a downloaded preview in the crawl --images layout: images/<block>/<id>.<ext>
+    write_tree(dump, {"images/00550000/555003.png": (root / "media" / "orphan_bytes.png").read_bytes()})
+    write_models(dump, dump_models(hashes))
     build_mirror(dump, base / "civitai.sqlite")
     return {"base": base, "root": root, "hashes": hashes, "dump": dump, "civitai": base / "civitai.sqlite"}
 

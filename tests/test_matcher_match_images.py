@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from civitai_mirror.fixtures import gradient
 from matcher.match import match_library
 from matcher.orphans import blurhash_components, blurhash_distance, cross_reference_with_civitai
-from tests.test_matcher_match import encode_blurhash, gradient, library, records, world  # noqa: F401 (fixtures)
+from tests.test_matcher_match import encode_blurhash, library, records, world  # noqa: F401 (fixtures)
 
 
 # ---- images -------------------------------------------------------------------------------

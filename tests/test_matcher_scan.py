@@ -2,49 +2,32 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import sqlite_utils
 from click.testing import CliRunner
-from PIL import Image
-from safetensors.numpy import save_file
 
 import matcher.scan
 from civitai_mirror.cli import cli
+from civitai_mirror.fixtures import image_bytes, picture, png_bytes, safetensors_bytes, write_tree
 from matcher.scan import scan_library
 from matcher.schema import open_library
 
 
-def png_bytes(size=(3, 2), fmt="PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 10, 10)).save(buffer, fmt)
-    return buffer.getvalue()
+RED = (200, 10, 10)
 
 
-def kohya_lora(path: Path, metadata: dict | None = None, te_prefix: str = "lora_te_", dim: int = 768) -> None:
-    tensors = {
-        f"{te_prefix}text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.ones((4, dim), np.float32),
-        f"{te_prefix}text_model_encoder_layers_0_mlp_fc1.lora_up.weight": np.ones((3072, 4), np.float32),
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight":
-            np.ones((4, dim), np.float32),
-    }
-    save_file(tensors, str(path), metadata=metadata)
-
-
-def build(root: Path, tree: dict) -> None:
-    for name, content in tree.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if callable(content):
-            content(path)
-        else:
-            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+def kohya_lora(metadata: dict, te_prefix: str = "lora_te_", dim: int = 768) -> bytes:
+    """A kohya-style LoRA: text encoder tensors under ``te_prefix`` (lora_te1_ in SDXL), F32."""
+    return safetensors_bytes({
+        f"{te_prefix}text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [4, dim],
+        f"{te_prefix}text_model_encoder_layers_0_mlp_fc1.lora_up.weight": [3072, 4],
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": [4, dim],
+    }, metadata, dtype="F32")
 
 
 def rows(db_path: Path) -> dict[str, dict]:
@@ -55,16 +38,16 @@ def rows(db_path: Path) -> dict[str, dict]:
 @pytest.fixture
 def library(tmp_path):
     root = tmp_path / "lib"
-    build(root, {
-        "Lora/style.safetensors": lambda p: kohya_lora(p, {
+    write_tree(root, {
+        "Lora/style.safetensors": kohya_lora({
             "ss_network_module": "networks.lora", "ss_base_model_version": "sd_v1",
             "ss_output_name": "style", "ss_network_args": json.dumps({"conv_dim": "8", "algo": "locon"}),
             "ss_tag_frequency": json.dumps({"10_style": {"red": 5, "blue": 2}}),
             "sshs_model_hash": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"}),
         "Lora/style.civitai.info": "{}",
-        "Lora/style.preview.png": png_bytes(),
-        "out/00001.png": png_bytes((5, 4)),
-        "out/really_jpeg.png": png_bytes((7, 6), "JPEG"),
+        "Lora/style.preview.png": png_bytes((3, 2), RED),
+        "out/00001.png": png_bytes((5, 4), RED),
+        "out/really_jpeg.png": image_bytes(picture((7, 6), RED), "JPEG"),
         "out/notes.txt": "a prompt",
         "readme.md": "# hi",
     })
@@ -141,7 +124,7 @@ def test_touch_and_in_place_change_rehash_and_deletion_marks_missing(library, tm
     assert (touched["changed"], touched["hashed_bytes"]) == (1, st.st_size)
     lora = library / "Lora/style.safetensors"
     old = rows(db_path)[str(lora)]
-    kohya_lora(lora, {"ss_network_module": "networks.lora"}, te_prefix="lora_te1_")
+    lora.write_bytes(kohya_lora({"ss_network_module": "networks.lora"}, te_prefix="lora_te1_"))
     os.utime(lora, ns=(st.st_atime_ns, old["mtime_ns"] + 2 * 10**9))
     (library / "readme.md").unlink()
     changed = scan(library, db_path)

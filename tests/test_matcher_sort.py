@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from civitai_mirror.fixtures import write_tree
 from matcher import fileops, journal
 from matcher.plan import plan_moves
 from matcher.schema import open_library
@@ -84,13 +85,6 @@ EXPECTED_MOVES = {
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest().upper()
-
-
-def write_tree(root: Path, tree: dict[str, bytes]) -> None:
-    for rel, data in tree.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
 
 
 def manifest(root: Path) -> dict[str, str]:

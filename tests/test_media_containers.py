@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
-import struct
 import zlib
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
+from civitai_mirror.fixtures import comment_exif, image_bytes, insert_before_iend, picture, png_bytes, png_chunk
 from matcher.media import extract_comprehensive_metadata, find_metadata_text_file
 from matcher.media.a1111 import parse_infotext
 from matcher.media.comfy_hosts import parse_tensorart
@@ -26,43 +25,10 @@ INFOTEXT = "a red fox <lora:detail:0.6>\nNegative prompt: blurry\nSteps: 20, Sam
            "Seed: 42, Size: 64x48, Model hash: 0123456789, Model: foxmodel"
 
 
-def png_bytes(size=(4, 4), mode="RGB", **text) -> bytes:
-    info = PngImagePlugin.PngInfo()
-    for k, v in text.items():
-        info.add_text(k, v)
-    buf = io.BytesIO()
-    Image.new(mode, size, "white").save(buf, "PNG", pnginfo=info)
-    return buf.getvalue()
-
-
-def chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
-
-
-def insert_before_iend(png: bytes, extra: bytes) -> bytes:
-    i = png.rindex(b"IEND") - 4
-    return png[:i] + extra + png[i:]
-
-
-def jpeg_with_exif(exif: Image.Exif, fmt="JPEG") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), "blue").save(buf, fmt, exif=exif)
-    return buf.getvalue()
-
-
-def user_comment_exif(raw: bytes, ifd0: bool = False) -> Image.Exif:
-    exif = Image.Exif()
-    if ifd0:
-        exif[0x9286] = raw
-    else:
-        exif.get_ifd(0x8769)[0x9286] = raw
-    return exif
-
-
 # ---------------------------------------------------------------- PNG
 def test_png_text_parameters(tmp_path):
     p = tmp_path / "a.png"
-    p.write_bytes(png_bytes(parameters=INFOTEXT))
+    p.write_bytes(png_bytes(text={"parameters": INFOTEXT}))
     r = extract_comprehensive_metadata(p)
     assert (r["seed"], r["model_name"], r["width"], r["height"]) == (42, "foxmodel", 64, 48)
     assert r["loras"] == [{"name": "detail", "weight": 0.6, "context": "positive", "weight2": None, "kind": "lora"}]
@@ -71,24 +37,24 @@ def test_png_text_parameters(tmp_path):
 
 def test_png_ztxt_after_idat_and_itxt():
     base = png_bytes()
-    ztxt = chunk(b"zTXt", b"parameters\x00\x00" + zlib.compress(INFOTEXT.encode()))
+    ztxt = png_chunk(b"zTXt", b"parameters\x00\x00" + zlib.compress(INFOTEXT.encode()))
     assert read_containers(insert_before_iend(base, ztxt)).texts["parameters"] == INFOTEXT
-    itxt = chunk(b"iTXt", b"parameters\x00\x01\x00\x00\x00" + zlib.compress("プロンプト\nSteps: 3".encode()))
+    itxt = png_chunk(b"iTXt", b"parameters\x00\x01\x00\x00\x00" + zlib.compress("プロンプト\nSteps: 3".encode()))
     assert read_containers(insert_before_iend(base, itxt)).texts["parameters"] == "プロンプト\nSteps: 3"
 
 
 def test_latin1_chunk_holding_utf8_with_trailing_nul():
-    raw = chunk(b"tEXt", b"generation_data\x00" + '{"prompt":"#テスト","seed":"5"}'.encode() + b"\x00")
+    raw = png_chunk(b"tEXt", b"generation_data\x00" + '{"prompt":"#テスト","seed":"5"}'.encode() + b"\x00")
     c = read_containers(insert_before_iend(png_bytes(), raw))
     assert c.texts["generation_data"] == '{"prompt":"#テスト","seed":"5"}'
-    real_latin1 = chunk(b"tEXt", b"Comment\x00caf\xe9")
+    real_latin1 = png_chunk(b"tEXt", b"Comment\x00caf\xe9")
     assert read_containers(insert_before_iend(png_bytes(), real_latin1)).texts["Comment"] == "café"
 
 
 def test_decompression_bomb_text_chunk_is_capped(monkeypatch):
     import matcher.media.containers as containers
     monkeypatch.setattr(containers, "MAX_TEXT_BYTES", 1000)
-    bomb = chunk(b"zTXt", b"parameters\x00\x00" + zlib.compress(b"a" * 100_000))
+    bomb = png_chunk(b"zTXt", b"parameters\x00\x00" + zlib.compress(b"a" * 100_000))
     c = read_containers(insert_before_iend(png_bytes(), bomb))
     assert "parameters" not in c.texts and any("larger than" in e for e in c.errors)
 
@@ -104,9 +70,7 @@ def test_stealth_alpha_metadata():
     alpha[: len(bits)] |= np.array([int(b) for b in bits], dtype=np.uint8)
     arr = np.zeros((h, w, 4), dtype=np.uint8)
     arr[:, :, 3] = alpha.reshape(w, h).T  # column-major
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGBA").save(buf, "PNG")
-    c = read_containers(buf.getvalue())
+    c = read_containers(image_bytes(Image.fromarray(arr, "RGBA")))
     assert c.stealth == INFOTEXT
 
 
@@ -119,14 +83,14 @@ def test_stealth_alpha_metadata():
 ])
 def test_user_comment_variants(tmp_path, raw):
     p = tmp_path / "x.jpg"
-    p.write_bytes(jpeg_with_exif(user_comment_exif(raw)))
+    p.write_bytes(image_bytes(picture((8, 8), "blue"), "JPEG", exif=comment_exif(raw)))
     r = extract_comprehensive_metadata(p)
     assert r["seed"] == 42 and r["positive_raw"].startswith("a red fox")
 
 
 def test_user_comment_in_ifd0_and_webp_make_model(tmp_path):
     p = tmp_path / "x.jpg"
-    p.write_bytes(jpeg_with_exif(user_comment_exif(INFOTEXT.encode(), ifd0=True)))
+    p.write_bytes(image_bytes(picture((8, 8), "blue"), "JPEG", exif=comment_exif(INFOTEXT.encode(), ifd0=True)))
     assert extract_comprehensive_metadata(p)["seed"] == 42
     graph = {"3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 9, "cfg": 2.5, "sampler_name": "euler",
                                                         "scheduler": "normal", "model": ["4", 0]}},
@@ -135,7 +99,7 @@ def test_user_comment_in_ifd0_and_webp_make_model(tmp_path):
     exif[0x010F] = "workflow:{}"
     exif[0x0110] = "prompt:" + json.dumps(graph)
     w = tmp_path / "c.webp"
-    w.write_bytes(jpeg_with_exif(exif, "WEBP"))
+    w.write_bytes(image_bytes(picture((8, 8), "blue"), "WEBP", exif=exif))
     r = extract_comprehensive_metadata(w)
     assert (r["generation_tool"], r["seed"], r["steps"], r["model_name"]) == ("ComfyUI", 7, 9, "m.safetensors")
 
@@ -174,7 +138,7 @@ def test_bad_files(tmp_path, data, reason):
 
 
 def test_truncated_png_keeps_metadata_and_marks_error(tmp_path):
-    data = png_bytes((64, 64), parameters=INFOTEXT)
+    data = png_bytes((64, 64), text={"parameters": INFOTEXT})
     i = data.index(b"IDAT")
     p = tmp_path / "t.png"
     p.write_bytes(data[: i + 20])  # parameters chunk comes before IDAT
@@ -184,7 +148,7 @@ def test_truncated_png_keeps_metadata_and_marks_error(tmp_path):
 
 def test_wrong_extension_is_sniffed(tmp_path):
     p = tmp_path / "really_png.jpg"
-    p.write_bytes(png_bytes(parameters=INFOTEXT))
+    p.write_bytes(png_bytes(text={"parameters": INFOTEXT}))
     r = extract_comprehensive_metadata(p)
     assert r["format"] == "png" and r["seed"] == 42
 
@@ -192,7 +156,7 @@ def test_wrong_extension_is_sniffed(tmp_path):
 def test_decompression_bomb_image(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     p = tmp_path / "big.png"
-    p.write_bytes(png_bytes((64, 64), parameters=INFOTEXT))
+    p.write_bytes(png_bytes((64, 64), text={"parameters": INFOTEXT}))
     r = extract_comprehensive_metadata(p)
     assert r["seed"] == 42 and "decompression bomb" in r["error"] and r["blurhash"] is None
 

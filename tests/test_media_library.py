@@ -1,13 +1,12 @@
 """extract_library over a real library.sqlite, zero writes on re-runs, and the extract/inspect commands."""
 from __future__ import annotations
 
-import io
 import json
 import os
 
 from click.testing import CliRunner
-from PIL import Image, PngImagePlugin
 
+from civitai_mirror.fixtures import picture, write_png
 from matcher.media import extract_library
 from matcher.schema import open_library
 
@@ -16,13 +15,7 @@ INFOTEXT = ("a red fox <lora:detail:0.6>\nNegative prompt: blurry\nSteps: 20, Sa
             'Lora hashes: "detail: 0123456789ab"')
 
 
-def write_png(path, text=None, size=(40, 30)):
-    info = PngImagePlugin.PngInfo()
-    if text:
-        info.add_text("parameters", text)
-    buf = io.BytesIO()
-    Image.new("RGB", size, (200, 40, 40)).save(buf, "PNG", pnginfo=info)
-    path.write_bytes(buf.getvalue())
+RED = picture((40, 30), (200, 40, 40))
 
 
 def add_file(db, path, kind="media"):
@@ -35,11 +28,11 @@ def add_file(db, path, kind="media"):
 def make_library(tmp_path):
     (tmp_path / "imgs").mkdir()
     fox = tmp_path / "imgs" / "fox.png"
-    write_png(fox, INFOTEXT.format(seed=6952411511246973023))
+    write_png(fox, RED, {"parameters": INFOTEXT.format(seed=6952411511246973023)})
     plain = tmp_path / "imgs" / "plain.png"
-    write_png(plain)
+    write_png(plain, RED)
     side = tmp_path / "imgs" / "side.png"
-    write_png(side)
+    write_png(side, RED)
     (tmp_path / "imgs" / "side.txt").write_text("Used model: dreamshaper_8.safetensors\nLoRA: add_detail:0.5\n")
     broken = tmp_path / "imgs" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
@@ -86,7 +79,7 @@ def test_changed_file_is_re_extracted(tmp_path):
     db, ids, fox = make_library(tmp_path)
     extract_library(db)
     old_hash = db["generations"].get(ids["fox.png"])["metadata_hash"]
-    write_png(fox, INFOTEXT.format(seed=7))
+    write_png(fox, RED, {"parameters": INFOTEXT.format(seed=7)})
     st = os.stat(fox)
     os.utime(fox, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
     st = os.stat(fox)
@@ -115,9 +108,9 @@ def test_inspect_command_json_contract(tmp_path):
     from civitai_mirror.cli import cli
 
     fox = tmp_path / "fox.png"
-    write_png(fox, INFOTEXT.format(seed=42))
+    write_png(fox, RED, {"parameters": INFOTEXT.format(seed=42)})
     plain = tmp_path / "plain.png"
-    write_png(plain)
+    write_png(plain, RED)
     result = CliRunner().invoke(cli, ["inspect", str(fox), str(plain), "--json"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 
 import matcher
 from civitai_mirror.cli import cli
+from civitai_mirror.fixtures import gradient, write_models, write_png
 from matcher.hashing import hash_file
 from mirror.build import build_mirror
 from tests.test_matcher_match import (build_library, civitai_file, civitai_model, civitai_version, encode_blurhash,
-                                      gradient, png, safetensors)
+                                      tiny_model)
 
 A1111 = ("a cat <lora:add_detail:0.7>\nNegative prompt: blurry\n"
          "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1234, Size: 64x48, Model hash: {autov2}, "
@@ -30,13 +31,13 @@ def world(tmp_path_factory):
     (root / "models").mkdir(parents=True)
     (root / "media").mkdir()
     ckpt = root / "models" / "ckpt.safetensors"
-    ckpt.write_bytes(safetensors("api-ckpt", 4000))
+    ckpt.write_bytes(tiny_model("api-ckpt", 4000))
     h = hash_file(ckpt)
-    png(root / "media" / "made.png", 1, {"parameters": A1111.format(autov2=h["AutoV2"].lower())})
-    png(root / "media" / "looks_alike.png", 6)           # a Civitai preview, re-encoded: BlurHash only
-    png(root / "media" / "same_bytes.png", 8)            # byte-identical to a downloaded preview
-    png(root / "media" / "unknown.png", 7)
-    png(root / "media" / "sidecar.png", 9)
+    write_png(root / "media" / "made.png", gradient(1), {"parameters": A1111.format(autov2=h["AutoV2"].lower())})
+    write_png(root / "media" / "looks_alike.png", gradient(6))  # a Civitai preview, re-encoded: BlurHash only
+    write_png(root / "media" / "same_bytes.png", gradient(8))   # byte-identical to a downloaded preview
+    write_png(root / "media" / "unknown.png", gradient(7))
+    write_png(root / "media" / "sidecar.png", gradient(9))
     (root / "media" / "sidecar.txt").write_text("Prompt: a boat\nSeed: 9\nUsed model: ckpt.safetensors\n")
 
     dump = base / "dump"
@@ -52,9 +53,7 @@ def world(tmp_path_factory):
         1001, "v1", "2024-01-01T00:00:00.000Z",
         [civitai_file(10010, "ckpt.safetensors", ckpt.stat().st_size, {"SHA256": h["SHA256"], "AutoV2": h["AutoV2"]})],
         images, base="SDXL 1.0")])
-    (dump / "00000000").mkdir()
-    (dump / "00000000" / "00000100.json").write_text(json.dumps(model))
-    (dump / "downloaded.txt").write_text("00000100\ttest\t2026-11-22T00:00:00Z\n")
+    write_models(dump, [model])
     build_mirror(dump, base / "civitai.sqlite")
     return {"root": root, "media": root / "media", "civitai": base / "civitai.sqlite"}
 
