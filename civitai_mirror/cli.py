@@ -65,6 +65,8 @@ class LazyGroup(click.Group):
         except click.UsageError as exc:  # a bad option value, a missing argument: one line
             raise OneLineUsageError(exc) from None
         except sqlite3.DatabaseError as exc:  # e.g. --db names a file that is not SQLite
+            if getattr(exc, "says_which", False):  # mirror.schema.WrongDatabase: already one line
+                raise click.ClickException(str(exc)) from None
             raise click.ClickException(
                 f"cannot use the database: {exc} (check --db, --civitai-db and --library)") from None
 

@@ -71,6 +71,9 @@ def demo(directory: str, serve_after: bool, host: str, port: int) -> None:
         root = prepare_demo(directory)
     except FileExistsError as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # e.g. --dir under a file, or a folder we may not write
+        raise click.ClickException(f"cannot write the demo into {directory}: "
+                                   f"{error.strerror or error}") from None
     click.echo(f"Sample dump in {root / 'civitai-meta'}, sample collection in {root / 'collection'}")
     dreamy = hash_file(root / "collection" / "checkpoints" / "dreamy_mix_v2.safetensors")["AutoV2"].lower()
     previous = os.getcwd()

@@ -88,6 +88,7 @@ DESCRIPTION = {
 
 class WrongDatabase(sqlite3.DatabaseError):
     """The file is the other kind of database, or another program's: nothing was written."""
+    says_which = True  # the message names the file and what it is: the CLI prints it as it is
 
 
 def database_kind(conn: sqlite3.Connection) -> str | None:
