@@ -16,21 +16,25 @@ Every request ends in one of three outcomes (404 is data, not an error):
 
 Connection errors, timeouts, 429, 500, 502, 503, 504, and bodies that ``validate`` rejects
 (a Cloudflare HTML page with status 200, a cut-off body, a wrong id) are retried with exponential
-back-off and jitter. A 429 pauses *every* request of the client (``Retry-After`` when given,
-else ``sleep_429`` seconds) and widens the shared request interval, which relaxes again as
-requests succeed. The API key is sent as a Bearer header and never logged.
+back-off and jitter. A 429 pauses *every* request of the client (``Retry-After`` when given, else
+an adaptive pause that starts short and grows up to ``sleep_429`` while 429s continue) and widens
+the shared request interval, which relaxes again as requests succeed (:mod:`crawler.limits`).
+
+Bodies are capped (``max_body`` for API answers, ``max_image`` per image), compressed and
+inflated (:mod:`crawler.bodies`); a body over the cap is an error, not retried. The API key is sent
+as a Bearer header only to the API bases' origins (scheme, host and port), and never logged.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -38,8 +42,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception_type
 from yarl import URL
+
+from crawler.bodies import (ACCEPT_ENCODING, DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGE, MAGIC_BYTES, BodyReader,
+                            Corrupt, Refused, media_content_type, media_kind, read_body)
+from crawler.limits import MAX_RETRY_AFTER, QUICK_RETRY, RateLimiter, parse_retry_after
 
 
 log = logging.getLogger(__name__)
@@ -51,7 +59,6 @@ try:  # the installed distribution's version (civitai_mirror.__version__, throug
 except _metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
     _VERSION = "0+unknown"
 USER_AGENT = f"civitai-mirror/{_VERSION} (+https://github.com/civitai-mirror)"
-MAX_RETRY_AFTER = 600.0
 
 
 class Retryable(Exception):
@@ -88,6 +95,7 @@ class Response:
     attempts: int = 0
     nbytes: int = 0
     host: str = ""
+    throttled: int = 0  # attempts answered with 429 (they have their own budget, see CivitaiClient)
 
     @property
     def ok(self) -> bool:
@@ -111,78 +119,34 @@ class ClientStats:
         return self.bytes / elapsed if elapsed > 0 else 0.0
 
 
-class RateLimiter:
-    """One request interval shared by every request of a client.
-
-    ``max_rps`` sets a floor on the interval. A 429 pauses everybody and doubles a penalty
-    interval (cap 2 s); each success shrinks the penalty again by 5 %.
-    """
-
-    def __init__(self, max_rps: float | None = None):
-        self.base_interval = 1.0 / max_rps if max_rps else 0.0
-        self.penalty = 0.0
-        self.paused_until = 0.0
-        self.next_slot = 0.0
-        self.engaged = bool(self.base_interval)  # see busy()
-
-    @property
-    def interval(self) -> float:
-        return max(self.base_interval, self.penalty)
-
-    def busy(self) -> bool:
-        """Whether :meth:`acquire` may have to wait (no interval, no pause: it would return at once).
-        ``engaged`` stays False until a rate cap, a pause or a slot exists, so the check costs one
-        attribute read on the path of every request of an unthrottled crawl."""
-        return self.engaged and (bool(self.base_interval or self.penalty)
-                                 or time.monotonic() < max(self.paused_until, self.next_slot))
-
-    async def acquire(self) -> None:
-        self.engaged = True
-        while True:
-            now = time.monotonic()
-            start = max(now, self.paused_until, self.next_slot)
-            self.next_slot = start + self.interval
-            if start > now:
-                await asyncio.sleep(start - now)
-            if time.monotonic() >= self.paused_until:
-                return
-
-    def too_many_requests(self, wait: float) -> None:
-        self.engaged = True
-        self.paused_until = max(self.paused_until, time.monotonic() + wait)
-        self.penalty = min(max(self.penalty * 2, 0.05), 2.0)
-
-    def success(self) -> None:
-        if self.penalty:
-            self.penalty = self.penalty * 0.95 if self.penalty > 0.005 else 0.0
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
 _JSON_STARTS = (b"{", b"[")
 
 
 def parse_json_body(body: bytes) -> Any:
-    """Parse a JSON body; an HTML page or a cut-off body raises :class:`Invalid`."""
+    """Parse a JSON body; an HTML page or a cut-off body raises :class:`Invalid`.
+
+    A string with a lone surrogate escape (``"\\ud83d"``, an emoji cut in half by the sender) is
+    valid JSON that orjson refuses (it only makes valid UTF-8); such a body is parsed by the
+    standard library instead, which keeps the surrogate, so the record is not lost."""
     if body[:1] not in _JSON_STARTS and body[:200].lstrip().startswith(b"<"):
         raise Invalid("html page instead of JSON")
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" in str(exc):
+            return _loads_lone_surrogates(body)
         raise Invalid(f"body is not complete JSON ({len(body)} bytes)") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_lone_surrogates(body: bytes) -> Any:
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise Invalid(f"body is not valid JSON ({len(body)} bytes)") from None
 
 
 def host_of(url: str) -> str:
@@ -213,36 +177,42 @@ class CivitaiClient:
         timeout: float = 30.0,
         sleep_retries: float = 1.0,
         sleep_429: float = 30.0,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_image: int = DEFAULT_MAX_IMAGE,
     ):
         self.api_bases = [b.rstrip("/") for b in (api_bases or [DEFAULT_API_BASE])]
         # Per API base: its host (for Response.host) and its parsed URL with the path prefix,
         # for :meth:`api_url` (no parsing or percent-encoding pass per request).
         self.hosts = {b: host_of(b) for b in self.api_bases}
         self._base_urls = {b: (u, u.raw_path.rstrip("/")) for b, u in ((b, URL(b)) for b in self.api_bases)}
-        self._api_key = api_key or None
+        # the only origins (scheme, host, port) that ever see the API key
+        self._origins = frozenset(_origin(u) for u, _ in self._base_urls.values())
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.threads = max(1, threads)
         self.retries = max(0, retries)
         self.timeout = timeout
         self.sleep_retries = sleep_retries
         self.sleep_429 = sleep_429
-        self.limiter = RateLimiter(max_rps)
+        self.max_body = max_body
+        self.max_image = max_image
+        self.limiter = RateLimiter(max_rps, ceiling=sleep_429, threads=self.threads)
         self.stats = ClientStats()
         self.session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never show the key
-        return f"CivitaiClient(api_bases={self.api_bases!r}, api_key={'***' if self._api_key else None})"
+        return f"CivitaiClient(api_bases={self.api_bases!r}, api_key={'***' if self._auth else None})"
 
     async def __aenter__(self) -> "CivitaiClient":
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-            log.debug("Using api_key authentication")
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING}
+        if self._auth:
+            log.debug("Using api_key authentication for %s", ", ".join(sorted(self.hosts.values())))
         connector = aiohttp.TCPConnector(limit=self.threads * 2, limit_per_host=self.threads, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(
             headers=headers,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 15)),
             raise_for_status=False,
+            auto_decompress=False,  # crawler.bodies inflates, with a cap
         )
         return self
 
@@ -251,29 +221,52 @@ class CivitaiClient:
             await self.session.close()
             self.session = None
 
+    def _headers_for(self, url: str | URL) -> dict | None:
+        """The Authorization header when ``url`` is on an API base's origin, else None (aiohttp
+        itself drops it on a redirect to another origin)."""
+        if self._auth is None:
+            return None
+        try:
+            origin = _origin(url if isinstance(url, URL) else URL(url))
+        except (ValueError, TypeError):
+            return None
+        return self._auth if origin in self._origins else None
+
     # -- the retry policy -------------------------------------------------------------------
 
     def _delay(self, exc: BaseException | None, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based) that raised ``exc``."""
+        """Seconds to wait after failed attempt number ``attempt`` (1-based) that raised ``exc``.
+
+        A 429 waits in the shared limiter. Another failure while the other requests still succeed
+        is retried soon (``QUICK_RETRY``, doubling); when everything fails, after ``sleep_retries``
+        seconds, doubling per attempt (cap 30 s), with jitter."""
         if isinstance(exc, Retryable) and exc.status == 429:
             return 0.0  # the shared limiter holds everybody back
+        fluke = self.limiter.failed()
         if isinstance(exc, Retryable) and exc.retry_after is not None:
             return exc.retry_after
-        base = min(self.sleep_retries * (2 ** (attempt - 1)), 30.0)
-        return base + random.uniform(0, self.sleep_retries)
+        first = min(QUICK_RETRY, self.sleep_retries) if fluke else self.sleep_retries
+        return min(first * (2 ** (attempt - 1)), 30.0) + random.uniform(0, first)
 
-    def _retrying(self, done: int = 0) -> AsyncRetrying:
-        """The retry policy for the attempts after the first ``done`` ones (already made)."""
+    def _retrying(self, result: Response) -> AsyncRetrying:
+        """The retry policy for the attempts after the first one (already made)."""
         def wait(retry_state) -> float:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
-            return self._delay(exc, retry_state.attempt_number + done)
+            return self._delay(exc, result.attempts - result.throttled)
 
         return AsyncRetrying(
-            stop=stop_after_attempt(self.retries + 1 - done),
+            stop=lambda _state: self._exhausted(result),
             wait=wait,
             retry=retry_if_exception_type(RETRY_EXCEPTIONS),
             reraise=True,
         )
+
+    def _exhausted(self, result: Response) -> bool:
+        """Whether ``result`` has used up its retries: ``retries`` failures other than 429, or
+        ``retries`` 429s more than it takes the adaptive pause to reach its ceiling."""
+        throttled = result.throttled
+        return (result.attempts - throttled > self.retries
+                or throttled > self.retries + (self.limiter.steps if self.retries else 0))
 
     async def _with_retries(self, attempt: Callable[[], Awaitable[Response]], result: Response,
                             failed: BaseException | None = None) -> Response:
@@ -290,10 +283,10 @@ class CivitaiClient:
                     return await attempt()
                 except RETRY_EXCEPTIONS as exc:
                     failed = exc
-            if self.retries == 0:
+            if self._exhausted(result):
                 raise failed
-            await asyncio.sleep(self._delay(failed, 1))
-            async for state in self._retrying(done=1):
+            await asyncio.sleep(self._delay(failed, result.attempts - result.throttled))
+            async for state in self._retrying(result):
                 with state:
                     return await attempt()
             raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
@@ -305,11 +298,12 @@ class CivitaiClient:
             result.reason = f"{type(exc).__name__}: {exc}".replace("\t", " ").replace("\n", " ")[:200]
         return result
 
-    def _check_status(self, resp: aiohttp.ClientResponse) -> None:
+    def _check_status(self, resp: aiohttp.ClientResponse, result: Response, epoch: int) -> None:
         if resp.status in RETRY_STATUSES:
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             if resp.status == 429:
-                self.limiter.too_many_requests(retry_after if retry_after is not None else self.sleep_429)
+                result.throttled += 1
+                self.limiter.too_many_requests(retry_after, epoch)
             raise Retryable(f"HTTP {resp.status}", retry_after=retry_after, status=resp.status)
 
     async def request(
@@ -352,16 +346,26 @@ class CivitaiClient:
         limiter = self.limiter
         if limiter.engaged and limiter.busy():
             await limiter.acquire()
+        epoch = limiter.epoch
         self.stats.requests += 1
-        async with self.session.request(method, url, params=params, json=json) as resp:
-            body = await resp.read()
-        status = resp.status
+        headers = self._headers_for(url) if self._auth else None
+        try:
+            async with self.session.request(method, url, params=params, json=json, headers=headers) as resp:
+                status = resp.status
+                body = await read_body(resp, self.max_body)
+        except Refused as exc:  # too large, an unknown encoding: an error for this request, not retried
+            self.stats.statuses[resp.status] += 1
+            result.status = resp.status
+            result.reason = exc.reason
+            return result
+        except Corrupt as exc:
+            raise Invalid(str(exc)) from None
         self.stats.bytes += len(body)
         self.stats.statuses[status] += 1
         result.status = status
         result.nbytes = len(body)
         if status in RETRY_STATUSES:
-            self._check_status(resp)
+            self._check_status(resp, result, epoch)
         if status == 404:
             result.outcome = "notfound"
             result.data = _maybe_json(body)
@@ -390,47 +394,33 @@ class CivitaiClient:
     async def get_json(self, url: str, *, params: dict | None = None, validate=None) -> Response:
         return await self.request("GET", url, params=params, validate=validate)
 
-    async def download(self, url: str, dest: Path, *, accept=("image/", "video/", "application/octet-stream")) -> Response:
-        """Stream ``url`` into ``dest`` atomically (``dest.part`` then ``os.replace``), with retries.
+    async def download(self, url: str, dest: Path) -> Response:
+        """Stream the image or video at ``url`` into ``dest`` atomically (``dest.part`` then
+        ``os.replace``), with retries and at most ``max_image`` bytes.
 
-        A 200 whose Content-Type is not one of ``accept`` (a Cloudflare HTML page) is retried.
-        """
+        Only an image or a video is saved: a 200 with a Cloudflare HTML page is retried; any other
+        Content-Type that is not ``image/*`` or ``video/*`` (SVG included), or content whose first
+        bytes are no known image or video format, is an error (not retried) and nothing is kept."""
         assert self.session is not None, "use 'async with CivitaiClient(...)'"
         result = Response(url=url, outcome="error", host=host_of(url))
         part = dest.with_name(dest.name + ".part")
-        session = self.session
 
         async def attempt() -> Response:
             result.attempts += 1
             if result.attempts > 1:
                 self.stats.retries += 1
             await self.limiter.acquire()
+            epoch = self.limiter.epoch
             self.stats.requests += 1
-            async with session.get(url) as resp:
-                self.stats.statuses[resp.status] += 1
-                result.status = resp.status
-                self._check_status(resp)
-                if resp.status == 404:
-                    result.outcome = "notfound"
-                    return result
-                if resp.status != 200:
-                    result.reason = f"HTTP {resp.status}"
-                    return result
-                ctype = resp.headers.get("Content-Type", "").lower()
-                if not ctype.startswith(tuple(accept)):
-                    raise Invalid(f"unexpected content type {ctype or 'none'!r}")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                size = 0
-                with open(part, "wb") as fh:
-                    async for chunk in resp.content.iter_chunked(1 << 16):
-                        fh.write(chunk)
-                        size += len(chunk)
-                        self.stats.bytes += len(chunk)
-                expected = resp.content_length
-                if expected is not None and size != expected:
-                    raise Invalid(f"cut-off body ({size} of {expected} bytes)")
-                if size == 0:
-                    raise Invalid("empty body")
+            try:
+                size = await self._save_media(result, url, part, epoch)
+            except Refused as exc:
+                result.reason = exc.reason
+                return result
+            except Corrupt as exc:
+                raise Invalid(str(exc)) from None
+            if size is None:  # a 404 or another final status
+                return result
             os.replace(part, dest)
             self.limiter.success()
             result.outcome = "ok"
@@ -445,6 +435,60 @@ class CivitaiClient:
                     part.unlink()
                 except FileNotFoundError:
                     pass
+
+    async def _save_media(self, result: Response, url: str, part: Path, epoch: int) -> int | None:
+        """One attempt of :meth:`download`: the bytes written to ``part``, or None (404, other 4xx)."""
+        async with self.session.get(url, headers=self._headers_for(url)) as resp:
+            self.stats.statuses[resp.status] += 1
+            result.status = resp.status
+            self._check_status(resp, result, epoch)
+            if resp.status == 404:
+                result.outcome = "notfound"
+                return None
+            if resp.status != 200:
+                result.reason = f"HTTP {resp.status}"
+                return None
+            ctype = resp.headers.get("Content-Type", "").lower()
+            if ctype.startswith("text/html"):
+                raise Invalid(f"unexpected content type {ctype!r}")
+            try:
+                size, head, reader = await self._write_media(resp, ctype, part)
+            except (Refused, Invalid):
+                resp.close()  # the rest of the body is not read, nor the connection reused
+                raise
+            expected = resp.content_length
+            if expected is not None and reader.received != expected:
+                raise Invalid(f"cut-off body ({reader.received} of {expected} bytes)")
+            if size == 0:
+                raise Invalid("empty body")
+            if media_kind(head) is None:
+                raise Refused("not an image or video (too short to be one)")
+            return size
+
+
+    async def _write_media(self, resp: aiohttp.ClientResponse, ctype: str, part: Path) -> tuple[int, bytes, BodyReader]:
+        """Write the body of an image answer to ``part``: (bytes written, its first bytes, the reader)."""
+        if not media_content_type(ctype):
+            raise Refused(f"not an image or video (Content-Type {ctype[:60] or 'none'!r})")
+        reader = BodyReader(resp, self.max_image, "image")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        size = 0
+        head = b""
+        with open(part, "wb") as fh:
+            async for chunk in reader.chunks():
+                if len(head) < MAGIC_BYTES:
+                    head += chunk[:MAGIC_BYTES]
+                    if len(head) >= MAGIC_BYTES and media_kind(head) is None:
+                        raise Refused(f"not an image or video (a {ctype[:60]!r} answer whose content "
+                                      "is no known image or video format)")
+                fh.write(chunk)
+                size += len(chunk)
+                self.stats.bytes += len(chunk)
+        return size, head, reader
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
 
 
 def _maybe_json(body: bytes) -> Any:

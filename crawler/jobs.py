@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from crawler import api
-from crawler.client import CivitaiClient, host_of, parse_json_body
+from crawler.bodies import MEDIA_EXTENSIONS
+from crawler.client import CivitaiClient, Response, host_of, parse_json_body
 from crawler.dump import Dump, ImageLog
 from crawler.layout import dumps, image_path, model_path
 
@@ -302,7 +303,10 @@ class Crawler:
             model_id, image_id, ext, url = await self.image_queue.get()
             try:
                 dest = image_path(self.dump.root, image_id, ext)
-                resp = await self.client.download(url, dest)
+                if ext in MEDIA_EXTENSIONS:
+                    resp = await self.client.download(url, dest)
+                else:  # a page or a script by its name (.html, .svg): never saved, never asked for
+                    resp = Response(url, "error", reason=f"not an image or video extension (.{ext})")
                 if resp.outcome == "ok":
                     self.image_log.mark_downloaded(image_id, model_id, f"{dest.parent.name}/{dest.name}")
                     self.stats.images += 1

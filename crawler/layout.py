@@ -18,6 +18,7 @@ reads the dump through them.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -47,5 +48,16 @@ def image_path(root: Path, image_id: int, ext: str) -> Path:
 
 
 def dumps(data: object) -> bytes:
-    """Deterministic pretty JSON (Civitai's key order kept), so re-crawls give the same bytes."""
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+    """Deterministic pretty JSON (Civitai's key order kept), so re-crawls give the same bytes.
+
+    A string with a lone surrogate (valid JSON as the escape ``\\ud83d``, received that way) is kept
+    as that escape: orjson refuses to write it, so such a record is written by the standard
+    library, in the same layout."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+    except orjson.JSONEncodeError:
+        text = json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False)
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8") + b"\n"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str from JSON, only a lone one is left

@@ -30,7 +30,15 @@ Script actions, consumed one per request on that path (key: the path, or ``path?
 an ``int`` status (200 = answer normally), ``(status, {headers})``, ``"html"`` (a Cloudflare page
 with status 200), ``"cut"`` (the body cut in half, consistent Content-Length), ``"short"``
 (Content-Length promises more than is sent, then the connection closes), ``("slow", seconds)``
-(sleep, then answer normally), ``"wrongid"`` (another model's body). ``delay`` slows every request.
+(sleep, then answer normally), ``"wrongid"`` (another model's body), ``"endless"`` (a 200 body that
+never ends: chunked, until the client hangs up or ``ENDLESS_BYTES`` went out), ``"gzipbomb"`` (a
+``Content-Encoding: gzip`` body that inflates without end: ~1 KB per MB of zeros), ``("raw",
+content_type, body_bytes[, {headers}])`` (status 200 with exactly that). ``delay`` slows every request.
+
+Faults and limits for whole crawls: ``faults(rate, kinds, seed)`` gives every request (without a
+script) that chance of a fault drawn from ``kinds`` (default ``FAULT_KINDS``);
+``rate_limit(rps, burst)`` answers 429 without Retry-After once a token bucket is empty (counted
+in ``throttled``). ``image_base`` (another server's URL) puts the models' image URLs on that host.
 """
 from __future__ import annotations
 
@@ -38,7 +46,10 @@ import asyncio
 import copy
 import hashlib
 import json
+import random
 import threading
+import time
+import zlib
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Iterable
@@ -48,6 +59,8 @@ from aiohttp import web
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "api"
 IMAGE_HOST = "https://image.civitai.com"
+FAULT_KINDS = (429, 500, 502, 503, 504, "html", "cut")
+ENDLESS_BYTES = 1 << 30  # an "endless" body stops here, so the server itself is bounded
 HTML_PAGE = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>Cloudflare</body></html>"
 
 
@@ -97,6 +110,12 @@ class FakeCivitai:
         self.delay = 0.0
         self.missing_images: set[str] = set()
         self.headers_seen: list[dict] = []
+        self.image_base: str | None = None
+        self.fault_rate = 0.0
+        self.fault_kinds: tuple = FAULT_KINDS
+        self._rng = random.Random(0)
+        self._bucket: list[float] | None = None  # [rps, burst, tokens, last refill]
+        self.throttled = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -123,6 +142,18 @@ class FakeCivitai:
             self.scripts[key] = deque(actions)
         return self
 
+    def faults(self, rate: float, kinds: Iterable = FAULT_KINDS, seed: int = 0) -> "FakeCivitai":
+        """Give every request without a script a ``rate`` chance of a fault drawn from ``kinds``."""
+        with self._lock:
+            self.fault_rate, self.fault_kinds, self._rng = rate, tuple(kinds), random.Random(seed)
+        return self
+
+    def rate_limit(self, rps: float | None, burst: float = 1.0) -> "FakeCivitai":
+        """Answer 429 (no Retry-After) when more than ``rps`` requests a second (token bucket) arrive."""
+        with self._lock:
+            self._bucket = None if rps is None else [rps, burst, burst, time.monotonic()]
+        return self
+
     def count(self, path: str | None = None) -> int:
         with self._lock:
             return sum(self.requests.values()) if path is None else self.requests[path]
@@ -136,7 +167,11 @@ class FakeCivitai:
 
     def _body(self, data: Any) -> bytes:
         text = json.dumps(data, ensure_ascii=False, indent=2)
-        return text.replace(IMAGE_HOST, f"{self.url}/img").encode("utf-8")
+        text = text.replace(IMAGE_HOST, self.image_base or f"{self.url}/img")
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: sent as its \\uXXXX escape, as Civitai does
+            return json.dumps(json.loads(text), ensure_ascii=True, indent=2).encode("ascii")
 
     def _next_action(self, request: web.Request):
         with self._lock:
@@ -146,6 +181,17 @@ class FakeCivitai:
                 queue = self.scripts.get(key)
                 if queue:
                     return queue.popleft()
+            bucket = self._bucket
+            if bucket is not None:
+                rps, burst, tokens, last = bucket
+                now = time.monotonic()
+                tokens = min(burst, tokens + (now - last) * rps)
+                bucket[2:] = [tokens - 1 if tokens >= 1 else tokens, now]
+                if tokens < 1:
+                    self.throttled += 1
+                    return 429
+            if self.fault_rate and self._rng.random() < self.fault_rate:
+                return self._rng.choice(self.fault_kinds)
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -162,6 +208,11 @@ class FakeCivitai:
                                                           headers=action[1]))
         if action == "html":
             return self._done(request, web.Response(body=HTML_PAGE, content_type="text/html"))
+        if isinstance(action, tuple) and action[0] == "raw":
+            headers = {"Content-Type": action[1], **(action[3] if len(action) > 3 else {})}
+            return self._done(request, web.Response(body=action[2], headers=headers))
+        if action in ("endless", "gzipbomb"):
+            return await self._endless(request, action)
         status, body, ctype = self._answer(request, await request.read())
         if action == "wrongid" and status == 200:
             other = next((m for i, m in sorted(self.models.items()) if i != self._path_id(request)), {"id": -1})
@@ -177,6 +228,29 @@ class FakeCivitai:
             request.transport.close()
             return resp
         return self._done(request, web.Response(body=body, status=status, content_type=ctype.split(";")[0]))
+
+    async def _endless(self, request: web.Request, action: str) -> web.StreamResponse:
+        """A 200 body without end (chunked), plain or as a gzip bomb, until the client hangs up."""
+        image = request.path.startswith("/img/")
+        headers = {"Content-Type": "image/jpeg" if image else "application/json"}
+        if action == "gzipbomb":
+            headers["Content-Encoding"] = "gzip"
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        self._done(request, resp)
+        squeeze = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if action == "gzipbomb" else None
+        first = (b"\xff\xd8\xff\xe0" if image else b'{"items": [') + b"0" * 65532
+        block = b"0" * (1 << 20) if squeeze else b"0" * 65536
+        sent = 0
+        try:
+            while sent < ENDLESS_BYTES * (16 if squeeze else 1):
+                data = first if sent == 0 else block
+                sent += len(data)
+                await resp.write(squeeze.compress(data) if squeeze else data)
+        except (ConnectionError, RuntimeError):  # the client hung up
+            pass
+        return resp
 
     def _done(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         with self._lock:

@@ -11,8 +11,10 @@ import orjson
 from rich.console import Console
 
 from civitai_mirror.options import json_option, progress_bar, setup_logging, verbose_option
+from crawler.bodies import DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGE, MB
 from crawler.client import DEFAULT_API_BASE, CivitaiClient
 from crawler.jobs import CrawlOptions, run_crawl
+from crawler.limits import FIRST_PAUSE, QUICK_RETRY
 
 
 def _client_options(f):
@@ -29,21 +31,28 @@ def _client_options(f):
                      help="Retries per request after connection errors, timeouts, 429, 5xx or bad bodies."),
         click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per request attempt."),
         click.option("--sleep-retries", type=float, default=1.0, show_default=True,
-                     help="First back-off in seconds (doubles per retry, with jitter, cap 30)."),
+                     help="First back-off in seconds when requests keep failing (doubles per retry, with "
+                          f"jitter, cap 30); a failure while others succeed is retried after {QUICK_RETRY:g} s."),
         click.option("--sleep-429", type=float, default=30.0, show_default=True,
-                     help="Pause of the whole crawl after a 429 without Retry-After."),
+                     help="Longest pause of the whole crawl after 429s without Retry-After (the first is "
+                          f"{FIRST_PAUSE:g} s, doubling while 429s continue)."),
+        click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=DEFAULT_MAX_BODY / MB,
+                     show_default=True,
+                     help="Largest API answer in MB, compressed or inflated; a larger one is an error for its ids."),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429) -> CivitaiClient:
+def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb,
+                 max_image_mb=DEFAULT_MAX_IMAGE / MB) -> CivitaiClient:
     for base in api_bases:
         if not base.startswith(("http://", "https://")):
             raise click.ClickException(f"--api-base must be an http(s) URL, got {base!r}")
     return CivitaiClient(list(api_bases) or None, api_key=api_key, threads=threads, max_rps=max_rps,
-                         retries=retries, timeout=timeout, sleep_retries=sleep_retries, sleep_429=sleep_429)
+                         retries=retries, timeout=timeout, sleep_retries=sleep_retries, sleep_429=sleep_429,
+                         max_body=int(max_body_mb * MB), max_image=int(max_image_mb * MB))
 
 
 @click.command(name="crawl")
@@ -65,13 +74,15 @@ def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_r
 @click.option("--images", is_flag=True, help="Also save each version's preview images under DIR/images/.")
 @click.option("--image-width", type=click.IntRange(0), default=450, show_default=True,
               help="Width of saved preview images (Civitai's width= URL part); 0 keeps the API's URL (original).")
+@click.option("--max-image-mb", type=click.FloatRange(0, min_open=True), default=DEFAULT_MAX_IMAGE / MB,
+              show_default=True, help="Largest image or video in MB (with --images); a larger one is an image error.")
 @click.option("--color/--no-color", default=None, help="Colour in the progress bar and summary (default: auto).")
 @json_option("Print the summary as one JSON object on stdout.")
 @verbose_option()
 @_client_options
 def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfound, per_id, confirm_missing,
-          stop_after, threads, out, images, image_width, color, as_json, verbose,
-          api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429) -> None:
+          stop_after, threads, out, images, image_width, max_image_mb, color, as_json, verbose,
+          api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb) -> None:
     """Fetch Civitai models by id into a dump folder (DIR/12340000/12345678.json).
 
     Ranges are fetched 100 ids per request (GET /models?ids=...); --per-id asks one id at a time.
@@ -99,7 +110,8 @@ def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfoun
                            recheck_crawled=recheck_crawled, refresh=refresh, recheck_notfound=recheck_notfound,
                            per_id=per_id, confirm_missing=confirm_missing, stop_after=stop_after, threads=threads,
                            images=images, image_width=image_width or None)
-    client = _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429)
+    client = _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429,
+                          max_body_mb, max_image_mb)
 
     console = Console(stderr=True, no_color=(color is False), force_terminal=None)
 
@@ -167,7 +179,7 @@ def _url_for(path: str, base: str) -> str:
 @click.argument("path")
 @verbose_option()
 @_client_options
-def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429) -> None:
+def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb) -> None:
     """Print one API answer (as JSON) through the crawler's session and retry policy.
 
     PATH is relative to the API base (models/4437, /api/v1/models?ids=1,2) or a full URL.
@@ -179,7 +191,7 @@ def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retr
         civitai-mirror get model-versions/by-hash/5B4CD3D7DB
     """
     setup_logging(verbose)
-    client = _make_client(api_bases, api_key, 1, max_rps, retries, timeout, sleep_retries, sleep_429)
+    client = _make_client(api_bases, api_key, 1, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb)
     url = _url_for(path, client.api_bases[0])
 
     async def main():
