@@ -12,9 +12,11 @@ from click.testing import CliRunner
 
 from civitai_mirror.cli import cli
 import mirror.load
+from matcher.schema import open_library
 from mirror.build import build_mirror
 from mirror.derive import derive_model, normalize_commercial_use
 from mirror.dump_reader import parse_document
+from mirror.schema import CIVITAI_APPLICATION_ID, LIBRARY_APPLICATION_ID, database_file_kind
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dump"
 JAN_1 = 1767225600  # 2026-01-01T00:00:00Z
@@ -164,6 +166,48 @@ def test_cli_build_text_and_missing_dump(tmp_path):
     missing = runner.invoke(cli, ["build", str(tmp_path / "nope"), "--db", str(tmp_path / "c.sqlite")])
     assert missing.exit_code == 1
     assert "dump folder" in missing.output and "Traceback" not in missing.output
+
+
+def test_a_folder_without_dump_files_is_an_error_and_the_mirror_stays(built, tmp_path):
+    _, db, _ = built
+    before = db.read_bytes()
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "images" / "1.json").write_text("{}")  # the images folder is not the dump
+    runner = CliRunner()
+    for args in (["build", str(empty), "--db", str(db)], ["build", str(empty), "--db", str(db), "--full"],
+                 ["build", str(empty), "--db", str(tmp_path / "new.sqlite")]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1
+        assert result.stderr.splitlines() == [f"Error: {empty} holds no dump files "
+                                              "(NNNNNNNN/NNNNNNNN.json); crawl into it first"]
+    assert db.read_bytes() == before and not (tmp_path / "new.sqlite").exists()
+
+
+def test_each_database_says_what_it_is(built, tmp_path):
+    dump, db, _ = built
+    assert rows(db, "PRAGMA application_id") == [(CIVITAI_APPLICATION_ID,)]
+    library = tmp_path / "library.sqlite"
+    open_library(library).close()
+    assert rows(library, "PRAGMA application_id") == [(LIBRARY_APPLICATION_ID,)]
+    # files from before application_id are known by their tables, and marked when next written
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA application_id = 0")
+    assert database_file_kind(db) == "civitai"
+    build_mirror(dump, db)
+    assert rows(db, "PRAGMA application_id") == [(CIVITAI_APPLICATION_ID,)]
+    old = tmp_path / "old-library.sqlite"
+    with sqlite3.connect(old) as conn:
+        conn.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT)")
+    assert database_file_kind(old) == "library"
+    other = tmp_path / "places.sqlite"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE moz_places (id INTEGER PRIMARY KEY)")
+    assert database_file_kind(other) is None
+    for target in (library, other):
+        result = CliRunner().invoke(cli, ["build", str(dump), "--db", str(target), "--full"])
+        assert result.exit_code == 1 and "not a mirror" in result.stderr and target.exists()
+    assert rows(other, "SELECT name FROM sqlite_master") == [("moz_places",)]
 
 
 def test_parse_document_kinds():

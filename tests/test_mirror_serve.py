@@ -142,8 +142,26 @@ async def test_local_previews_offline(client):
     assert image.content.startswith(b"\xff\xd8") and image.headers["content-type"] == "image/jpeg"
     page = await client.get("/civitai/images")
     assert '<img src="/-/civitai-images/images/00000000/5001.jpeg"' in page.text
+    assert image.headers["x-content-type-options"] == "nosniff"
     for bad in ("images/00000000/9999.jpeg", "images/../../etc/passwd", "downloaded.txt"):
         assert (await client.get(f"/-/civitai-images/{bad}")).status_code == 404
+
+
+async def test_only_images_and_videos_are_served_from_the_dump(mirror, tmp_path):
+    db, _, dump = mirror
+    saved = tmp_path / "dump" / "images" / "00000000"
+    saved.mkdir(parents=True)
+    script = b"<html><script>alert(document.domain)</script></html>"
+    for name in ("5001.html", "5001.svg", "5001.txt", "5003.mp4", "5004.PNG"):
+        (saved / name).write_bytes(script)
+    ds = make_datasette(db, dump_dir=tmp_path / "dump")
+    await ds.invoke_startup()
+    for name in ("5001.html", "5001.svg", "5001.txt"):
+        assert (await ds.client.get(f"/-/civitai-images/images/00000000/{name}")).status_code == 404
+    for name, kind in (("5003.mp4", "video/mp4"), ("5004.PNG", "image/png")):
+        response = await ds.client.get(f"/-/civitai-images/images/00000000/{name}")
+        assert response.status_code == 200
+        assert (response.headers["content-type"], response.headers["x-content-type-options"]) == (kind, "nosniff")
 
 
 def _free_port() -> int:
