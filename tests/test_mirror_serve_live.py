@@ -50,10 +50,10 @@ class Server:
         return self.request("GET", path, headers={k.replace("_", "-"): v for k, v in headers.items()})
 
     def stop(self) -> str:
-        """Stop the server; its stderr."""
+        """Stop the server; what it printed after its first line (stdout, then stderr)."""
         self.proc.terminate()
-        _, err = self.proc.communicate(timeout=10)
-        return err
+        out, err = self.proc.communicate(timeout=10)
+        return out + err
 
 
 @pytest.fixture
