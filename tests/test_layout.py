@@ -135,8 +135,8 @@ def test_the_wheel_installs_and_serves_the_demo_with_facets_and_queries(tmp_path
     """pip install of the wheel (not editable) into a fresh venv ships everything `serve` reads."""
     # Built from a copy of what git would ship, so a stale build/ folder of the checkout can't leak in.
     src = tmp_path / "src"
-    keep = {"pyproject.toml", "README.md", "datasette_metadata.yml", *ORDER}
-    for name in keep:
+    src.mkdir()
+    for name in ["pyproject.toml", "README.md", "datasette_metadata.yml", *ORDER]:
         item = REPO / name
         if item.is_dir():
             shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
