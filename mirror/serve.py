@@ -60,9 +60,9 @@ MAX_CONNECTIONS = 100  # connections and requests at once; more get 503
 def register_plugin() -> None:
     if not pm.is_registered(plugin):
         pm.register(plugin, name="civitai-mirror")
-    # Datasette prints every 404 as a 60-line rich traceback with locals; a 500 still prints its
-    # plain traceback (a bug), and nothing else reaches the console.
-    pm.get_plugin("datasette.handle_exception").rich = None
+        # Datasette printed every 404 as a 60-line rich traceback with locals, and answered some
+        # bad requests with 500: now a 500 (a bug) prints its plain traceback, nothing else does.
+        plugin.use_own_errors()
 
 
 def find_library(db_path: Path, library: str | Path | None, host: str = "127.0.0.1") -> Path | None:
