@@ -31,6 +31,7 @@ import yaml
 from datasette.app import Datasette
 from datasette.database import Database
 from datasette.plugins import pm
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mirror import plugin
 from mirror.http_guard import guard, is_loopback
@@ -55,6 +56,7 @@ def load_metadata(path: Path | None = None) -> dict[str, Any]:
 
 READ_BUSY_TIMEOUT_S = 15  # a reader waits this long for a build's commit (usually well under 1 s)
 MAX_CONNECTIONS = 100  # connections and requests at once; more get 503
+HEAD_TIMEOUT_S = 10.0  # from connecting (or the last answer) to a request's complete head
 
 
 def register_plugin() -> None:
@@ -204,9 +206,38 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(ds: Datasette, sock: socket.socket, allow_host: Callable[[str], bool] | None) -> None:
-    """Serve ``ds`` on the bound socket until interrupted, behind mirror.http_guard."""
-    asyncio.run(ds.invoke_startup())
+class HeadDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 with a deadline for each request's head: a client that connects and
+    sends nothing, or trickles its headers a byte at a time, is closed after ``HEAD_TIMEOUT_S``
+    instead of holding one of the ``MAX_CONNECTIONS`` forever. (A slow body is mirror.http_guard's.)"""
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._head_overdue)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head_deadline.cancel()
+        self._head_deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._head_overdue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+    def _head_overdue(self) -> None:
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if not answering and not self.transport.is_closing():
+            self.transport.close()
+
+
+def make_server(ds: Datasette, allow_host: Callable[[str], bool] | None) -> uvicorn.Server:
+    """The uvicorn server for ``ds``, behind mirror.http_guard (``server.run(sockets=[sock])``)."""
     config = uvicorn.Config(guard(ds.app(), allow_host), log_level="warning", lifespan="on",
-                            limit_concurrency=MAX_CONNECTIONS)
-    uvicorn.Server(config).run(sockets=[sock])
+                            limit_concurrency=MAX_CONNECTIONS, http=HeadDeadline)
+    return uvicorn.Server(config)
+
+
+def run_server(ds: Datasette, sock: socket.socket, allow_host: Callable[[str], bool] | None) -> None:
+    """Serve ``ds`` on the bound socket until interrupted."""
+    asyncio.run(ds.invoke_startup())
+    make_server(ds, allow_host).run(sockets=[sock])

@@ -18,7 +18,9 @@ from urllib.parse import quote
 import pytest
 import sqlite_utils
 
+import mirror.serve
 from mirror.build import build_mirror
+from mirror.serve import bind, make_datasette, make_server
 from tests.test_mirror_build import copy_dump
 
 MODEL_101 = Path("00000000") / "00000101.json"
@@ -239,3 +241,25 @@ def test_a_busy_port_fails_before_saying_serving(world):
                                  "--port", str(port)], capture_output=True, text=True, cwd=root, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [f"Error: port {port} on 127.0.0.1 is in use; choose another with --port"]
+
+
+def test_a_client_that_never_finishes_its_request_head_is_let_go(world, monkeypatch):
+    monkeypatch.setattr(mirror.serve, "HEAD_TIMEOUT_S", 0.3)
+    ds = make_datasette(world[2])
+    sock = bind("127.0.0.1", 0)
+    server = make_server(ds, None)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    try:
+        port = sock.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as silent, \
+                socket.create_connection(("127.0.0.1", port), timeout=30) as trickle:
+            trickle.sendall(b"GET / HTTP/1.1\r\nHost: 127")
+            assert silent.recv(100) == b""  # closed by the server (the timeout would raise)
+            assert trickle.recv(100) == b""
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as fine:
+            fine.sendall(b"GET /-/versions.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert fine.recv(100).startswith(b"HTTP/1.1 200 ")
+    finally:
+        server.should_exit = True
+        thread.join()
