@@ -10,7 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from civitai_mirror.options import civitai_db_option, config_option, db_option, json_option, progress_bar
+from civitai_mirror.options import (civitai_db_option, config_option, db_option, json_option, progress_bar,
+                                    require_database)
 from matcher.config import load_config, resolve
 from matcher.journal import apply_plan, list_runs, recover_runs, undo_run
 from matcher.plan import Plan, PlanError, plan_moves
@@ -157,6 +158,7 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
     """
     dest_given = dest
     config, db_path, civitai_db, dest = sort_settings(config_path, db_path, civitai_db, dest)
+    require_database(civitai_db, "civitai")  # sort reads only the stored matches, but never a wrong file
     db = open_sort_db(db_path)
     if resume or rollback:
         try:
