@@ -21,7 +21,6 @@ from tests.test_mirror_build import copy_dump
 NO_NETWORK = ["--api-base", "http://127.0.0.1:9/api/v1", "--retries", "0"]
 # Cases another engineer's command still fails (strict: the day it passes, drop it from here).
 KNOWN: dict[tuple[str, str], str] = {
-    ("missing", "crawl"): "crawl -o under a file: NotADirectoryError traceback (crawler, commands/crawl.py)",
 }
 
 

@@ -105,6 +105,10 @@ def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfoun
         raise click.ClickException("nothing to do: give --start N --end M, --retry, --crawl or --recheck-crawled")
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot make the dump folder {out}: {exc.strerror or exc}") from None
 
     options = CrawlOptions(out=out, start=start, end=end, retry=retry, crawl=discover,
                            recheck_crawled=recheck_crawled, refresh=refresh, recheck_notfound=recheck_notfound,
