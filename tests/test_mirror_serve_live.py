@@ -263,3 +263,12 @@ def test_a_client_that_never_finishes_its_request_head_is_let_go(world, monkeypa
     finally:
         server.should_exit = True
         thread.join()
+
+
+def test_an_address_this_machine_does_not_have_is_one_line(world):
+    root, _, db = world
+    result = subprocess.run([sys.executable, "-m", "civitai_mirror", "serve", "--db", str(db),
+                             "--host", "192.0.2.1"], capture_output=True, text=True, cwd=root, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "Error: cannot serve on 192.0.2.1:8001: Cannot assign requested address"]
