@@ -270,5 +270,5 @@ def test_an_address_this_machine_does_not_have_is_one_line(world):
     result = subprocess.run([sys.executable, "-m", "civitai_mirror", "serve", "--db", str(db),
                              "--host", "192.0.2.1"], capture_output=True, text=True, cwd=root, timeout=60)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.splitlines() == [
-        "Error: cannot serve on 192.0.2.1:8001: Cannot assign requested address"]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot serve on 192.0.2.1:8001: ")  # + the OS's reason
