@@ -8,9 +8,14 @@ again. A path the table does not know is first matched against rows whose file h
 (device, inode, size, mtime_ns) (a rename or a moved folder), else same size and sampled
 fingerprint (a copy to another disk, then the original deleted). Such a row is re-attached to the
 new path with its hashes, and reported as a move.
+
+Names that are not UTF-8 are stored as readable text plus their exact bytes (``matcher.fsnames``):
+the walk keys files by that text and opens them by their real name. One file that cannot be
+recorded (a name clash, an unreadable file) is an error for that file; the scan goes on.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import operator
@@ -27,6 +32,7 @@ from crawler.clock import utc_now
 from matcher import models
 from matcher.config import DEFAULT_MAX_FILE_SIZE
 from matcher.dfsn import DfsnError, read_header
+from matcher.fsnames import disk_path, shown, stored_path
 from matcher.hashers import FileChangedError
 from matcher.hashing import fingerprint, hash_file
 
@@ -42,9 +48,11 @@ _CLEARED = {column: None for column in HASH_COLUMNS.values()} | {
 }
 HASHED_KINDS = ("model", "media")
 #: the ``files`` columns the walk compares (read through a cursor whose rows are ``sqlite3.Row``)
-_SELECT_FILES = ("SELECT id, path, root, size, mtime_ns, device, inode, kind, format, _hashed_at, fingerprint, error"
+_SELECT_FILES = ("SELECT id, path, path_bytes, root, size, mtime_ns, device, inode, kind, format, _hashed_at, fingerprint, error"
                  " FROM files ")
 GROWING_ERROR = "changed while it was being hashed (still being written?); will be hashed by the next scan"
+NOT_REGULAR_ERROR = "not a regular file (a device, FIFO, socket or folder); not read"
+CLASH_ERROR = "its name, shown as text, is the name of another file here; not recorded"
 
 Progress = Callable[..., None]
 
@@ -66,14 +74,18 @@ def describe_file(
 ) -> dict[str, Any]:
     """Hashes and facts of one file, as ``files`` columns plus ``model_info`` (dict or None).
 
+    Raises ``OSError`` for a path that is not a regular file (read nothing from a device or a FIFO).
     Models get every hash and a classification; media get SHA256 and width/height; ``all_hashes``
     gives every hash whatever the kind (the ``hash`` command). A ``.dfsn`` takes SHA256 from its
     header (``sha256_source`` = ``header``) and hashes the embedded model for the other types.
     """
+    if size is None:
+        st = os.stat(path)  # follows a symlink: a link to /dev/zero is a device (opening a FIFO would block)
+        if not statmod.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, NOT_REGULAR_ERROR, path)
+        size = st.st_size
     if kind is None or fmt is None:
         kind, fmt = models.kind_and_format(path)
-    if size is None:
-        size = os.stat(path).st_size
     out: dict[str, Any] = {"kind": kind, "format": fmt, "model_type": None, "base_model": None,
                            "width": None, "height": None, "sha256_source": None, "model_info": None}
     errors: list[str] = []
@@ -205,13 +217,15 @@ def scan_library(
     """Scan ``roots`` into ``files``/``model_info``; return the summary.
 
     Summary keys: ``files new changed moved hashed_bytes skipped errors`` (the ``--json`` contract),
-    plus ``unchanged``, ``missing``, ``moves`` ([{"from", "to"}]), ``growing`` and ``error_files``
-    (paths). ``progress(advance=n)`` / ``progress(total=n)`` reports hashed bytes.
+    plus ``unchanged``, ``missing``, ``moves`` ([{"from", "to"}]), ``growing``, ``error_files``
+    (paths, as ``files.path`` shows them) and ``file_errors`` ({path: error} for files that got no
+    row to hold their error). ``progress(advance=n)`` / ``progress(total=n)`` reports hashed bytes.
     """
-    roots = [os.path.abspath(os.fspath(r)) for r in roots]
-    for root in roots:
+    disk_roots = [os.path.abspath(os.fspath(r)) for r in roots]
+    for root in disk_roots:
         if not os.path.isdir(root):
             raise NotADirectoryError(root)
+    roots = [shown(root) for root in disk_roots]  # as the ``root`` column holds them
     limit = max_file_size if max_file_size is not None else DEFAULT_MAX_FILE_SIZE
     now = utc_now()
     skip = _database_files(db)
@@ -221,17 +235,25 @@ def scan_library(
     files.row_factory = sqlite3.Row
     summary: dict[str, Any] = {"files": 0, "new": 0, "changed": 0, "moved": 0, "hashed_bytes": 0,
                                "skipped": 0, "errors": 0, "unchanged": 0, "missing": 0,
-                               "moves": [], "growing": [], "error_files": []}
+                               "moves": [], "growing": [], "error_files": [], "file_errors": {}}
     # 1. Walk every root; remember what the table knew under them. The unchanged files (same
     #    path, device, inode, size and mtime, already hashed or not to be hashed) are found by
     #    one set intersection against one query per root; only the rest are looked at one by one.
+    #    Files are keyed by their stored text (``real`` maps it back where the name is not UTF-8).
     seen: dict[str, tuple[str, os.stat_result]] = {}
     seen_keys: set[tuple[str, int, int, int, int]] = set()
-    for root in roots:
-        for path, st in walk(root, skip):
-            if path not in seen:
-                seen[path] = (root, st)
-                seen_keys.add((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    real: dict[str, bytes] = {}
+    for root, disk_root in zip(roots, disk_roots):
+        for found_path, st in walk(disk_root, skip):
+            path, raw = stored_path(found_path)
+            if path in seen:
+                if real.get(path) != raw:  # two names, one text: keep the first, say so for the other
+                    _refuse(summary, path, CLASH_ERROR)
+                continue
+            if raw is not None:
+                real[path] = raw
+            seen[path] = (root, st)
+            seen_keys.add((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
     summary["files"] = len(seen)
     cached: dict[tuple[str, int, int, int, int], tuple] = {}
     all_known: dict[str, int] = {}
@@ -274,81 +296,94 @@ def scan_library(
         return kind in HASHED_KINDS and size <= limit
 
     def vanished(row: sqlite3.Row) -> bool:
-        return row["path"] not in seen and not os.path.lexists(row["path"])
+        return row["path"] not in seen and not os.path.lexists(disk_path(row["path"], row["path_bytes"]))
+
+    def on_disk(path: str) -> str:
+        return disk_path(path, real.get(path))
 
     jobs: list[dict[str, Any]] = []
-    with conn:
-        for path in rest:
-            root, st = seen[path]
-            row = known.get(path)
-            dev, ino, size, mtime = _stat_key(st)
-            if row is not None and (row["device"], row["inode"], row["size"], row["mtime_ns"]) == (dev, ino, size, mtime):
-                hashed = row["_hashed_at"] is not None or not needs_hash(row["kind"], size)
-                if hashed and not force_rescan:  # pragma: no cover - found by the bulk comparison
-                    summary["unchanged"] += 1
-                    if row["kind"] in HASHED_KINDS and size > limit:
-                        summary["skipped"] += 1
-                    touched.append((now, root, row["id"]))
-                    continue
+
+    def place(path: str) -> None:
+        """Compare one walked file with its row: unchanged, changed, moved or new; queue its hashing."""
+        root, st = seen[path]
+        row = known.get(path)
+        dev, ino, size, mtime = _stat_key(st)
+        if row is not None and (row["device"], row["inode"], row["size"], row["mtime_ns"]) == (dev, ino, size, mtime):
+            hashed = row["_hashed_at"] is not None or not needs_hash(row["kind"], size)
+            if hashed and not force_rescan:  # pragma: no cover - found by the bulk comparison
+                summary["unchanged"] += 1
+                if row["kind"] in HASHED_KINDS and size > limit:
+                    summary["skipped"] += 1
                 touched.append((now, root, row["id"]))
-                if needs_hash(row["kind"], size):
-                    jobs.append({"id": row["id"], "path": path, "kind": row["kind"], "format": row["format"],
-                                 "stat": (dev, ino, size, mtime), "fingerprint": row["fingerprint"]})
-                continue
-            kind, fmt = models.kind_and_format(path)
-            if row is not None:  # same path, different content
-                summary["changed"] += 1
-                update = dict(_CLEARED, size=size, mtime_ns=mtime, device=dev, inode=ino, kind=kind,
-                              format=fmt, root=root, missing=0, _last_seen=now)
-                _update(conn, row["id"], update)
-                file_id, fp = row["id"], None
-                conn.execute("DELETE FROM model_info WHERE file_id = ?", (file_id,))
-            else:
-                moved = None
-                for cand in files.execute(
-                        _SELECT_FILES + "WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
-                        (dev, ino, size, mtime)).fetchall():
+                return
+            touched.append((now, root, row["id"]))
+            if needs_hash(row["kind"], size):
+                jobs.append({"id": row["id"], "path": on_disk(path), "shown": path, "kind": row["kind"],
+                             "format": row["format"], "stat": (dev, ino, size, mtime),
+                             "fingerprint": row["fingerprint"]})
+            return
+        kind, fmt = models.kind_and_format(on_disk(path))
+        if row is not None:  # same path, different content
+            summary["changed"] += 1
+            update = dict(_CLEARED, size=size, mtime_ns=mtime, device=dev, inode=ino, kind=kind,
+                          format=fmt, root=root, missing=0, _last_seen=now)
+            _update(conn, row["id"], update)
+            file_id, fp = row["id"], None
+            conn.execute("DELETE FROM model_info WHERE file_id = ?", (file_id,))
+        else:
+            moved = None
+            for cand in files.execute(
+                    _SELECT_FILES + "WHERE device = ? AND inode = ? AND size = ? AND mtime_ns = ?",
+                    (dev, ino, size, mtime)).fetchall():
+                if vanished(cand):
+                    moved = cand
+                    break
+            fp = None
+            if moved is None and kind in HASHED_KINDS:
+                try:
+                    fp = fingerprint(on_disk(path), size)
+                except OSError as exc:
+                    log.warning("cannot read %s: %s", path, exc.strerror)
+                for cand in files.execute(_SELECT_FILES + "WHERE size = ? AND fingerprint = ?",
+                                          (size, fp)).fetchall() if fp else []:
                     if vanished(cand):
                         moved = cand
                         break
-                fp = None
-                if moved is None and kind in HASHED_KINDS:
-                    try:
-                        fp = fingerprint(path, size)
-                    except OSError as exc:
-                        log.warning("cannot read %s: %s", path, exc.strerror)
-                    for cand in files.execute(_SELECT_FILES + "WHERE size = ? AND fingerprint = ?",
-                                              (size, fp)).fetchall() if fp else []:
-                        if vanished(cand):
-                            moved = cand
-                            break
-                if moved is not None:
-                    summary["moved"] += 1
-                    summary["moves"].append({"from": moved["path"], "to": path})
-                    log.info("moved: %s -> %s", moved["path"], path)
-                    known.pop(moved["path"], None)
-                    all_known.pop(moved["path"], None)
-                    _update(conn, moved["id"], {"path": path, "root": root, "device": dev, "inode": ino,
-                                                     "mtime_ns": mtime, "missing": 0, "_last_seen": now})
-                    if moved["_hashed_at"] is None and needs_hash(moved["kind"], size):
-                        jobs.append({"id": moved["id"], "path": path, "kind": moved["kind"],
-                                     "format": moved["format"], "stat": (dev, ino, size, mtime),
-                                     "fingerprint": moved["fingerprint"]})
-                    elif moved["kind"] in HASHED_KINDS and size > limit:
-                        summary["skipped"] += 1
-                    continue
-                summary["new"] += 1
-                file_id = _insert(conn, "files", {
-                    "path": path, "root": root, "size": size, "mtime_ns": mtime, "device": dev, "inode": ino,
-                    "kind": kind, "format": fmt, "fingerprint": fp, "missing": 0,
-                    "_first_seen": now, "_last_seen": now,
-                })
-            if needs_hash(kind, size):
-                jobs.append({"id": file_id, "path": path, "kind": kind, "format": fmt,
-                             "stat": (dev, ino, size, mtime), "fingerprint": fp})
-            elif kind in HASHED_KINDS:
-                summary["skipped"] += 1
-                log.info("not hashed (larger than max_file_size %d): %s", limit, path)
+            if moved is not None:
+                summary["moved"] += 1
+                summary["moves"].append({"from": moved["path"], "to": path})
+                log.info("moved: %s -> %s", moved["path"], path)
+                known.pop(moved["path"], None)
+                all_known.pop(moved["path"], None)
+                _update(conn, moved["id"], {"path": path, "path_bytes": real.get(path), "root": root,
+                                            "device": dev, "inode": ino, "mtime_ns": mtime, "missing": 0,
+                                            "_last_seen": now})
+                if moved["_hashed_at"] is None and needs_hash(moved["kind"], size):
+                    jobs.append({"id": moved["id"], "path": on_disk(path), "shown": path, "kind": moved["kind"],
+                                 "format": moved["format"], "stat": (dev, ino, size, mtime),
+                                 "fingerprint": moved["fingerprint"]})
+                elif moved["kind"] in HASHED_KINDS and size > limit:
+                    summary["skipped"] += 1
+                return
+            summary["new"] += 1
+            file_id = _insert(conn, "files", {
+                "path": path, "path_bytes": real.get(path), "root": root, "size": size, "mtime_ns": mtime, "device": dev, "inode": ino,
+                "kind": kind, "format": fmt, "fingerprint": fp, "missing": 0,
+                "_first_seen": now, "_last_seen": now,
+            })
+        if needs_hash(kind, size):
+            jobs.append({"id": file_id, "path": on_disk(path), "shown": path, "kind": kind, "format": fmt,
+                         "stat": (dev, ino, size, mtime), "fingerprint": fp})
+        elif kind in HASHED_KINDS:
+            summary["skipped"] += 1
+            log.info("not hashed (larger than max_file_size %d): %s", limit, path)
+
+    with conn:
+        for path in rest:
+            try:
+                place(path)
+            except Exception as exc:  # one file that cannot be recorded must not stop the scan
+                _refuse(summary, path, f"cannot record: {exc}")
         gone = [file_id for path, file_id in all_known.items() if path not in seen]
         if len(touched) > 1000 or len(unchanged_keys) > 1000:  # one statement per root beats one per file
             gone_json = json.dumps(gone)
@@ -425,8 +460,15 @@ def _insert(conn: Any, table: str, values: dict[str, Any], replace: bool = False
     return conn.execute(f"{verb} INTO [{table}] ({names}) VALUES ({marks})", tuple(values.values())).lastrowid
 
 
+def _refuse(summary: dict[str, Any], path: str, error: str) -> None:
+    """A walked file that has no row to hold its error: the summary says it."""
+    log.warning("%s: %s", path, error)
+    summary["error_files"].append(path)
+    summary["file_errors"][path] = error
+
+
 def _record(conn: Any, job: dict[str, Any], future: Any, summary: dict[str, Any]) -> None:
-    path, file_id = job["path"], job["id"]
+    path, file_id = job["shown"], job["id"]
     try:
         facts = future.result()
     except StillWritten:

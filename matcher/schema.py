@@ -18,9 +18,11 @@ SCAN_TABLES: dict[str, dict[str, Any]] = {
     # One row per file found under a scanned root. Hashes are upper-case hex (Civitai's form) or
     # NULL: all of them for models, sha256 only for media, none for sidecars/other. `fingerprint`
     # (size + sampled head/middle/tail) and (device, inode) let a moved file keep its hashes.
+    # `path` is readable text; `path_bytes` holds the exact name only when it is not UTF-8
+    # (matcher.fsnames says why and how to read the two).
     "files": {
         "columns": {
-            "id": int, "path": str, "root": str, "size": int, "mtime_ns": int, "device": int, "inode": int,
+            "id": int, "path": str, "path_bytes": bytes, "root": str, "size": int, "mtime_ns": int, "device": int, "inode": int,
             "kind": str, "format": str,
             "sha256": str, "autov1": str, "autov2": str, "autov3": str, "autov3_full": str, "crc32": str,
             "blake3": str, "autov1_a1111": str, "sha256_source": str, "fingerprint": str,

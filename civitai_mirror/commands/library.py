@@ -10,6 +10,7 @@ import click
 from civitai_mirror.options import (config_option, human_bytes, json_option, progress_bar, setup_logging,
                                     verbose_option)
 from matcher.config import load_config, parse_size, resolve
+from matcher.fsnames import shown
 from matcher.media import extract_library
 from matcher.scan import describe_file, scan_library
 from matcher.schema import open_library
@@ -75,8 +76,11 @@ def scan(directories, db_path, force_rescan, max_file_size, one_reader, workers,
     for path in summary["growing"]:
         click.echo(f"skipped (still being written): {path}")
     for path in summary["error_files"]:
-        row = db.execute("SELECT error FROM files WHERE path = ?", [os.path.abspath(path)]).fetchone()
-        click.echo(f"error: {path}: {row[0] if row else 'unknown error'}")
+        error = summary["file_errors"].get(path)
+        if error is None:
+            row = db.execute("SELECT error FROM files WHERE path = ?", [path]).fetchone()
+            error = row[0] if row else "unknown error"
+        click.echo(f"error: {path}: {error}")
     click.echo(
         f"{summary['files']} files: {summary['new']} new, {summary['changed']} changed, "
         f"{summary['moved']} moved, {summary['unchanged']} unchanged, {summary['missing']} missing; "
@@ -111,9 +115,9 @@ def hash_files(files, as_json, config_path, verbose) -> None:
             facts = describe_file(os.path.abspath(path), all_hashes=True)
         except OSError as exc:
             failed += 1
-            click.echo(f"error: {path}: {exc.strerror or exc}", err=True)
+            click.echo(f"error: {shown(path)}: {exc.strerror or exc}", err=True)
             continue
-        record = {"path": os.path.abspath(path), "kind": facts["kind"], "format": facts["format"],
+        record = {"path": shown(os.path.abspath(path)), "kind": facts["kind"], "format": facts["format"],
                   "model_type": facts["model_type"], "base_model": facts["base_model"],
                   **{key: facts[columns[key]] for key in keys}, "AutoV1_A1111": facts["autov1_a1111"],
                   "error": facts["error"]}
@@ -123,7 +127,7 @@ def hash_files(files, as_json, config_path, verbose) -> None:
         what = facts["kind"] + (f" ({facts['format']})" if facts["format"] else "")
         if facts["model_type"]:
             what += f", {facts['model_type']}" + (f", {facts['base_model']}" if facts["base_model"] else "")
-        click.echo(f"{path}: {what}")
+        click.echo(f"{shown(path)}: {what}")
         for key in keys:
             click.echo(f"  {key:<12} {record[key] or '-'}")
         if facts["error"]:
