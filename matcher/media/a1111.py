@@ -61,13 +61,14 @@ def _scan_string(s: str, i: int) -> int:
     return m.end() if m else len(s)
 
 
-def _scan_balanced(s: str, i: int) -> int:
-    """Index just past the JSON object/array starting at s[i]; -1 if it never closes."""
+def _scan_balanced(s: str, i: int, stop: int | None = None) -> int:
+    """Index just past the JSON object/array starting at s[i]; -1 if it never closes (before ``stop``)."""
     depth = 0
     j = i
     search = _STRUCTURE_RE.search
+    end = len(s) if stop is None else stop
     while True:
-        m = search(s, j)
+        m = search(s, j, end)
         if m is None:
             return -1
         ch = m.group()
@@ -102,6 +103,9 @@ def parse_params(line: str) -> dict[str, str]:
             out[key] = value.strip()
         return out
     i, n = 0, len(line)
+    # Scans for a closing bracket share one budget: each may look ahead at most ``budget`` more
+    # characters, so values that never close (``a:{,a:{,...``) cost linear time, not quadratic.
+    budget = 4 * n + 4096
     while i < n:
         m = match(line, i)
         if not m:
@@ -135,7 +139,8 @@ def parse_params(line: str) -> dict[str, str]:
                 k = line.find(",", end)
                 i = n if k < 0 else k + 1
             elif ch == "{" or ch == "[":
-                end = _scan_balanced(line, j)
+                end = _scan_balanced(line, j, min(n, j + budget)) if budget > 0 else -1
+                budget -= (end if end >= 0 else min(n, j + budget)) - j
                 if end < 0:
                     k = line.find(",", j)
                     end = n if k < 0 else k
@@ -153,28 +158,47 @@ def parse_params(line: str) -> dict[str, str]:
 
 
 _STEPS_RE = re.compile(r"(^|[\n,])\s*Steps:\s*\d")
-_NEG_LINE_RE = re.compile(r"(^|\n)\s*Negative prompt:", re.IGNORECASE)
+_NEG_LINE_RE = re.compile(r"(^|\n)\s*Negative prompt:", re.IGNORECASE)  # what _has_negative_line does
+_NEG_WORDS_RE = re.compile(r"negative prompt:", re.IGNORECASE)
 _CORE_KEY_RE = re.compile(r"\b(Seed|Sampler|CFG scale):")
 
 
 _DIGIT_AFTER_RE = re.compile(r"\s*\d")
 
 
+def _blank_run_start(text: str, p: int) -> int:
+    """Where the run of whitespace that ends at ``p`` starts (str.isspace and the regex ``\\s`` agree)."""
+    j = p
+    while j > 0 and text[j - 1].isspace():
+        j -= 1
+    return j
+
+
 def _has_steps(text: str) -> bool:
-    """``_STEPS_RE.search(text)`` by finding the literal "Steps:" (the regex tries every position)."""
+    """``_STEPS_RE.search(text)`` by finding the literal "Steps:" (the regex, with ``\\s*`` crossing
+    lines, is quadratic on blank text). The blank runs before two finds never overlap: linear."""
     p = text.find("Steps:")
     while p >= 0:
         if _DIGIT_AFTER_RE.match(text, p + 6):
-            head = text[:p]
-            stripped = head.rstrip()  # str.rstrip and the regex agree on what is whitespace
-            if not stripped or stripped[-1] == "," or "\n" in head[len(stripped):]:
+            j = _blank_run_start(text, p)
+            if j == 0 or text[j - 1] == "," or "\n" in text[j:p]:
                 return True
         p = text.find("Steps:", p + 1)
     return False
 
 
+def _has_negative_line(text: str) -> bool:
+    """``_NEG_LINE_RE.search(text)`` in linear time: "Negative prompt:" with only blanks since a line start."""
+    for m in _NEG_WORDS_RE.finditer(text):
+        p = m.start()
+        j = _blank_run_start(text, p)
+        if j == 0 or "\n" in text[j:p]:
+            return True
+    return False
+
+
 def looks_like_infotext(text: str) -> bool:
-    return _has_steps(text) or bool(_NEG_LINE_RE.search(text) and _CORE_KEY_RE.search(text))
+    return _has_steps(text) or bool(_has_negative_line(text) and _CORE_KEY_RE.search(text))
 
 
 def split_infotext(text: str) -> tuple[str, str | None, str]:
@@ -287,21 +311,36 @@ def apply_params(rec: dict[str, Any], params: dict[str, str]) -> dict[str, str]:
         rec["hires_denoising"] = rec["denoising_strength"]
     ref = rec.get("refiner_model")
     if isinstance(ref, str):
-        m = _REFINER_RE.match(ref)
-        if m:
-            rec["refiner_model"] = m.group(1)
-            rec["refiner_hash"] = m.group(2)
+        named = _name_and_bracket_hash(ref)
+        if named:
+            rec["refiner_model"], rec["refiner_hash"] = named
     return lower
 
 
-_REFINER_RE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{8,64})\]$")
+_HEX_RE = re.compile(r"[0-9a-fA-F]{8,64}")
+
+
+def _name_and_bracket_hash(value: str) -> tuple[str, str] | None:
+    """``"name [abcd1234]"`` -> ("name", "abcd1234"), what ``^(.*?)\\s*\\[(hex{8,64})\\]$`` took, without
+    its quadratic backtracking over blanks."""
+    body = value[:-1] if value.endswith("\n") else value
+    if not body.endswith("]"):
+        return None
+    k = body.rfind("[")
+    if k < 0 or not _HEX_RE.fullmatch(body, k + 1, len(body) - 1):
+        return None
+    name = body[:k].rstrip()
+    return None if "\n" in name else (name, body[k + 1:-1])
+
+
 _FORGE_RE = re.compile(r"^f\d+\.\d+\.\d+v\d")
 _REFORGE_RE = re.compile(r"^f1\.\d+\.\d+v2")
 _ADDNET_RE = re.compile(r"addnet model (\d+)$")
 _ADDNET_VALUE_RE = re.compile(r"^(.*?)\(([0-9a-fA-F]{8,64})\)$")
 _LORA_N_RE = re.compile(r"lora_(\d+) model name$")
 _CONTROLNET_RE = re.compile(r"controlnet(?: (\d+))?$")
-_CN_MODEL_RE = re.compile(r"Model:\s*([^,\[]+?)\s*(?:\[([0-9a-fA-F]{8,64})\])?\s*(?:,|$)")
+#: ``Model: name [hash]`` in a ControlNet value, up to its comma (then read by _controlnet_model)
+_CN_MODEL_RE = re.compile(r"Model:\s*+([^,\[]*)(?:\[([0-9a-fA-F]{8,64})\])?([^,]*)")
 _CN_WEIGHT_RE = re.compile(r"Weight:\s*([-\d.]+)")
 _RESOURCE_KEY_RE = re.compile(r"^(?:addnet model |lora_|controlnet)", re.M)
 _RESOURCE_KEY_PREFIXES = ("addnet model ", "lora_", "controlnet")
@@ -369,10 +408,10 @@ def add_param_resources(rec: dict[str, Any], params: dict[str, str], lower: dict
                          weight=to_float(lower.get(f"lora_{n} strength model")))
         m = _CONTROLNET_RE.match(kl)
         if m:
-            mm = _CN_MODEL_RE.search(value)
-            if mm and mm.group(1).strip().lower() != "none":
+            named = _controlnet_model(value)
+            if named and named[0].lower() != "none":
                 wm = _CN_WEIGHT_RE.search(value)
-                add_resource(rec, "controlnet", mm.group(1).strip(), mm.group(2),
+                add_resource(rec, "controlnet", named[0], named[1],
                              weight=to_float(wm.group(1)) if wm else None)
     if lower.get("lora hashes"):
         for name, h in _pairs(lower["lora hashes"]):
@@ -401,6 +440,24 @@ def add_param_resources(rec: dict[str, Any], params: dict[str, str], lower: dict
         add_civitai_resources(rec, res)
     if rec.get("hires_upscaler") and str(rec["hires_upscaler"]).lower() not in ("none", "latent"):
         add_resource(rec, "upscaler", rec["hires_upscaler"], None)
+
+
+def _controlnet_model(value: str) -> tuple[str, str | None] | None:
+    """The first ``Model: name [hash]`` of a ControlNet value whose text runs to a comma or the end.
+
+    One pass per comma-separated stretch (the old lazy pattern backtracked quadratically over
+    blanks); a second "Model:" inside a malformed stretch is not looked at."""
+    for m in _CN_MODEL_RE.finditer(value):
+        name, h, rest = m.group(1), m.group(2), m.group(3)
+        if rest.strip():
+            if h is not None or "[" in rest:
+                continue
+        if h is None and m.end(1) < len(value) and value[m.end(1)] == "[":
+            continue  # a bracket that is not a hash: no match at this "Model:"
+        if m.end(1) == m.start() + 6:
+            continue  # "Model:" straight before a bracket or a comma names nothing
+        return name.strip(), h
+    return None
 
 
 _AIR_RE = re.compile(r"urn:air:(?P<eco>[\w.\-]+):(?P<type>[\w\-]+):(?P<src>\w+):(?P<mid>\d+)(?:@(?P<vid>\d+))?")

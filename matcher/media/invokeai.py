@@ -4,7 +4,6 @@ older ``Dream`` command line. Each ``parse_*`` is pure: text in, a normalised re
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any
 
 from .normalise import add_lora_usage, add_resource, as_json, extract_loras, new_record, to_float, to_int
@@ -77,10 +76,20 @@ def parse_invoke_sdmeta(text: Any) -> dict[str, Any] | None:
     return rec
 
 
+#: a [negative] with the blanks before it; it starts where a run of blanks starts (the look-behind),
+#: so a long run with no bracket after it is scanned once, not once per position
+_NEGATIVE_RE = re.compile(r"(?<!\s)\s*\[[^\[\]]*\]")
+
+
+#: one command-line argument: "quoted", 'quoted' or a plain word (what shlex.split gave for these
+#: strings, in linear time: shlex builds each word a character at a time, quadratic on a long one)
+_ARG_RE = re.compile(r'"([^"]*+)"|\'([^\']*+)\'|(\S++)')
+
+
 def _split_invoke_prompt(prompt: str) -> tuple[str, str | None]:
     """InvokeAI puts the negative prompt in [brackets]."""
     negs = re.findall(r"\[([^\[\]]*)\]", prompt)
-    pos = re.sub(r"\s*\[[^\[\]]*\]", "", prompt).strip()
+    pos = _NEGATIVE_RE.sub("", prompt).strip()
     return pos, (", ".join(n.strip() for n in negs) if negs else None)
 
 
@@ -91,10 +100,7 @@ def parse_invoke_dream(text: str) -> dict[str, Any] | None:
     if not m:
         return None
     prompt, rest = m.group(1), m.group(2)
-    try:
-        args = shlex.split(rest)
-    except ValueError:
-        args = rest.split()
+    args = [m.group(m.lastindex) for m in _ARG_RE.finditer(rest)]
     opts: dict[str, str] = {}
     i = 0
     while i < len(args):

@@ -47,10 +47,10 @@ def parse_novelai(comment: Any, description: str | None = None, source: str | No
     rec["denoising_strength"] = to_float(data.get("strength")) if data.get("strength") is not None else None
     src = source or software
     if isinstance(src, str):
-        m = re.match(r"^(.*?)\s+([0-9A-Fa-f]{8})$", src.strip())
-        if m:
-            rec["model_name"], rec["model_hash_short"] = m.group(1), m.group(2)
-            add_resource(rec, "checkpoint", m.group(1), m.group(2), hash_kind="NovelAI")
+        named = _name_and_short_hash(src.strip())
+        if named:
+            rec["model_name"], rec["model_hash_short"] = named
+            add_resource(rec, "checkpoint", named[0], named[1], hash_kind="NovelAI")
         else:
             rec["model_name"] = src
     chars = []
@@ -64,6 +64,19 @@ def parse_novelai(comment: Any, description: str | None = None, source: str | No
 
 
 # ---------------------------------------------------------------- Fooocus / RuinedFooocus
+
+_HEX8_RE = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+def _name_and_short_hash(src: str) -> tuple[str, str] | None:
+    """``"Stable Diffusion XL C1E1DE52"`` -> (name, hash): what ``^(.*?)\\s+(hex{8})$`` took, without its
+    quadratic backtracking over a long run of blanks."""
+    if len(src) < 10 or not src[-9].isspace() or not _HEX8_RE.fullmatch(src, len(src) - 8):
+        return None
+    name = src[:-8].rstrip()
+    return None if not name or "\n" in name else (name, src[-8:])
+
+
 def parse_fooocus(text: Any) -> dict[str, Any] | None:
     data = as_json(text)
     if not isinstance(data, dict):

@@ -50,7 +50,9 @@ def as_json(text: Any) -> Any:
 
 _INT_RE = re.compile(r"[-+]?\d{1,40}")
 _INT_DOT_ZERO_RE = re.compile(r"[-+]?\d+\.0+")
-_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+#: possessive: the same numbers as ``[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?`` without backtracking
+#: quadratically over a long run of digits followed by something else
+_FLOAT_RE = re.compile(r"[-+]?+(?:\d++(?:\.\d*+)?+|\.\d++)(?:[eE][-+]?+\d++)?+")
 _SIZE_RE = re.compile(r"\(?\s*(\d{1,6})\s*[x×,]\s*(\d{1,6})\s*\)?")
 
 
@@ -197,7 +199,8 @@ _TAG_RE = re.compile(r"<(lora|lyco|locon|hypernet):([^<>]*?)>", re.IGNORECASE)
 _PLAIN_RE = re.compile(r"(?<![<\w:])lora:([^\s:,<>()\[\]]{2,120}):([-+]?\d*\.?\d+)", re.IGNORECASE)
 
 
-_WEIGHT_RE = re.compile(r"\s*[-+]?\d*\.?\d+\s*")
+#: ``\s*[-+]?\d*\.?\d+\s*`` made possessive (same numbers; linear on a long run of digits)
+_WEIGHT_RE = re.compile(r"\s*+[-+]?+(?:\d++(?:\.\d++)?+|\.\d++)\s*+")
 
 
 def _split_tag(body: str) -> tuple[str, list[str]]:
@@ -317,7 +320,8 @@ def clean_prompt(text: str | None) -> str | None:
 
 
 #: a run of 2+ commas (blanks around them included); no repeated group: the same matches, 3x faster
-_COMMAS_RE = re.compile(r"\s*,(?:\s*,)+\s*")
+#: (it starts where a run of blanks starts, the look-behind: a long run is scanned once, not once per position)
+_COMMAS_RE = re.compile(r"(?<!\s)\s*,(?:\s*,)+\s*")
 _COMMAS_TEST_RE = re.compile(r",\s*,")
 
 

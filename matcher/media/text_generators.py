@@ -18,7 +18,8 @@ _XMP_LI = r"<{tag}>\s*<rdf:Alt>\s*<rdf:li[^>]*>(.*?)</rdf:li>"
 
 
 def xmp_field(xmp: str, tag: str) -> str | None:
-    m = re.search(_XMP_LI.format(tag=re.escape(tag)), xmp, re.DOTALL)
+    # the lazy value runs to the first </rdf:li>: without one, each opening tag would scan to the end
+    m = re.search(_XMP_LI.format(tag=re.escape(tag)), xmp, re.DOTALL) if "</rdf:li>" in xmp else None
     if not m:
         m = re.search(rf"<{re.escape(tag)}>([^<]*)</{re.escape(tag)}>", xmp)
     if not m:
@@ -71,32 +72,51 @@ def parse_xmp(xmp: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- sidecar "Used model:" style
+_LINE_KEY = r"^[^\S\n]*(?:{keys})[^\S\n]*:"
+_SIDECAR_KEYS = {name: re.compile(_LINE_KEY.format(keys=keys), re.IGNORECASE | re.MULTILINE) for name, keys in (
+    ("model", "Used model|Model"), ("lora", "LoRAs?"), ("prompt", "Prompt"), ("seed", "seed"), ("steps", "steps"),
+    ("cfg scale", "cfg scale"), ("sampler", "sampler"))}
+
+
+def _line_value(text: str, name: str) -> str | None:
+    """The rest of the first line that starts with ``Key:`` (blanks before the key allowed), stripped.
+
+    What ``^\\s*Key\\s*:\\s*(.+?)\\s*$`` (re.M) found, in linear time: that pattern's ``\\s*`` ran across
+    blank lines and its lazy value backtracked over blanks, both quadratic on a file of newlines."""
+    for m in _SIDECAR_KEYS[name].finditer(text):
+        end = text.find("\n", m.end())
+        value = text[m.end(): len(text) if end < 0 else end].strip()
+        if value:
+            return value
+    return None
+
+
 def parse_sidecar_text(text: str) -> dict[str, Any] | None:
     """``Used model: x.safetensors`` / ``LoRA: add_detail:0.5, more_art:0.8`` lines (seed 000)."""
     if not isinstance(text, str):
         return None
-    m = re.search(r"^\s*(?:Used model|Model)\s*:\s*(.+?)\s*$", text, re.IGNORECASE | re.MULTILINE)
-    l = re.search(r"^\s*LoRAs?\s*:\s*(.+?)\s*$", text, re.IGNORECASE | re.MULTILINE)
+    m = _line_value(text, "model")
+    l = _line_value(text, "lora")
     if not m and not l:
         return None
     rec = new_record("sidecar")
     if m:
-        rec["model_name"] = m.group(1)
-        add_resource(rec, "checkpoint", m.group(1), None)
+        rec["model_name"] = m
+        add_resource(rec, "checkpoint", m, None)
     if l:
-        for part in l.group(1).split(","):
+        for part in l.split(","):
             name, _, w = part.strip().rpartition(":")
             if not name:
                 name, w = w, "1"
             wf = to_float(w)
             add_lora_usage(rec, name.strip(), wf)
             add_resource(rec, "lora", name.strip(), None, weight=wf)
-    p = re.search(r"^\s*Prompt\s*:\s*(.+?)\s*$", text, re.IGNORECASE | re.MULTILINE)
+    p = _line_value(text, "prompt")
     if p:
-        rec["positive_raw"] = p.group(1)
+        rec["positive_raw"] = p
     for field, key, conv in (("seed", "seed", to_int), ("steps", "steps", to_int), ("cfg_scale", "cfg scale", to_float),
                              ("sampler", "sampler", str)):
-        mm = re.search(rf"^\s*{key}\s*:\s*(.+?)\s*$", text, re.IGNORECASE | re.MULTILINE)
-        if mm:
-            rec[field] = conv(mm.group(1)) if conv is not str else mm.group(1)
+        value = _line_value(text, key)
+        if value:
+            rec[field] = conv(value) if conv is not str else value
     return rec
