@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 #: cap on one decompressed text chunk (zTXt/iTXt) and on the stealth payload
 MAX_TEXT_BYTES = 16 * 1024 * 1024
+#: cap on all the decompressed text chunks of one file together
+MAX_TOTAL_TEXT_BYTES = 32 * 1024 * 1024
 #: at most this many pixels are decoded to look for alpha-channel stealth metadata
 MAX_STEALTH_PIXELS = 40_000_000
 
@@ -64,15 +66,24 @@ def fix_mojibake(text: str) -> str:
         return text
 
 
-def _inflate(data: bytes, errors: list[str], what: str) -> bytes | None:
+def _inflate(data: bytes, errors: list[str], what: str, room: list[int] | None = None) -> bytes | None:
+    """``data`` decompressed, or None (with the reason in ``errors``) past the per-chunk cap or past
+    ``room[0]``, the bytes this file may still decompress (what was decompressed is taken from it,
+    kept or not)."""
+    limit = MAX_TEXT_BYTES if room is None else min(MAX_TEXT_BYTES, room[0])
+    if limit <= 0:
+        errors.append(f"{what}: compressed text past {MAX_TOTAL_TEXT_BYTES} bytes in all, ignored")
+        return None
     d = zlib.decompressobj()
     try:
-        out = d.decompress(data, MAX_TEXT_BYTES)
+        out = d.decompress(data, limit)
     except zlib.error as exc:
         errors.append(f"{what}: bad compressed text ({exc})")
         return None
+    if room is not None:
+        room[0] -= len(out)
     if d.unconsumed_tail:
-        errors.append(f"{what}: decompressed text larger than {MAX_TEXT_BYTES} bytes, ignored")
+        errors.append(f"{what}: decompressed text larger than {limit} bytes, ignored")
         return None
     return out
 
@@ -130,6 +141,7 @@ def read_png(data: bytes, c: Containers) -> None:
     pos = 8
     n = len(data)
     exif_block = None
+    room = [MAX_TOTAL_TEXT_BYTES]  # decompressed text left for this file
     unpack_from = _CHUNK_HEAD.unpack_from
     wanted = _WANTED_CHUNKS
     while pos + 8 <= n:
@@ -160,7 +172,7 @@ def read_png(data: bytes, c: Containers) -> None:
             c.has_alpha = True
         elif ctype == b"zTXt":
             key, _, rest = body.partition(b"\x00")
-            raw = _inflate(rest[1:], c.errors, "zTXt")
+            raw = _inflate(rest[1:], c.errors, "zTXt", room)
             if raw is not None:
                 c.texts[key.decode("latin-1")] = decode_latin1_or_utf8(raw)
         elif ctype == b"iTXt":
@@ -172,7 +184,7 @@ def read_png(data: bytes, c: Containers) -> None:
             _lang, _, rest = rest.partition(b"\x00")
             _tkey, _, value = rest.partition(b"\x00")
             if compressed:
-                value = _inflate(value, c.errors, "iTXt")
+                value = _inflate(value, c.errors, "iTXt", room)
                 if value is None:
                     continue
             k = key.decode("latin-1")

@@ -1,16 +1,23 @@
-"""One file -> one parsed record (``extract_comprehensive_metadata``); a whole library -> tables."""
+"""One file -> one parsed record (``extract_comprehensive_metadata``); a whole library -> tables.
+
+``extract_library`` and ``extract_within_budget`` read each file in a worker process with a hard
+budget (``matcher.media.budget``): a file that takes too long or too much memory is recorded with
+an error and the run goes on.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from crawler.clock import utc_now
+from matcher.fsnames import row_path, shown
 from matcher.models import TEXT_SIDECAR_SUFFIXES
 from matcher.schema import ensure_library, open_library
 
+from .budget import Budget, budgeted_call, default_workers, run_budgeted
 from .containers import read_containers, sniff_format
 from .imaging import exif_facts, thumbnail_and_blurhash
 from .normalise import FIELDS, finalise
@@ -20,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: images and videos larger than this are not read whole (videos: tags only)
 MAX_READ_BYTES = 512 * 1024 * 1024
+#: at most this much of a text sidecar is read
+MAX_SIDECAR_BYTES = 4 * 1024 * 1024
 VIDEO_FORMATS = {"mp4", "webm"}
 
 
@@ -35,7 +44,8 @@ def find_metadata_text_file(image_path: str | os.PathLike) -> Path | None:
 
 def _read_sidecar(path: Path) -> str | None:
     try:
-        raw = path.read_bytes()[:4 * 1024 * 1024]
+        with path.open("rb") as f:
+            raw = f.read(MAX_SIDECAR_BYTES)
     except OSError:
         return None
     for enc in ("utf-8-sig", "utf-16", "latin-1"):
@@ -47,7 +57,7 @@ def _read_sidecar(path: Path) -> str | None:
 
 
 def _extract(path: Path, *, thumbnail: bool = True, keep_gps: bool = False) -> tuple[dict[str, Any], bytes | None]:
-    out: dict[str, Any] = {"path": str(path)}
+    out: dict[str, Any] = {"path": shown(path)}
     errors: list[str] = []
     thumb = None
     try:
@@ -71,13 +81,15 @@ def _extract(path: Path, *, thumbnail: bool = True, keep_gps: bool = False) -> t
     out["image_width"], out["image_height"] = c.width, c.height
     try:
         rec = parse_containers(c)
+    except MemoryError:
+        raise  # over the file's memory budget: the budget records it
     except Exception as exc:  # a parser bug must not stop a run; record it
         log.debug("parser failed on %s", path, exc_info=True)
         errors.append(f"parser error ({type(exc).__name__}: {str(exc)[:120]})")
         rec = None
     sidecar = find_metadata_text_file(path)
     if sidecar:
-        out["sidecar_path"] = str(sidecar)
+        out["sidecar_path"] = shown(sidecar)
     if rec is None and sidecar:
         text = _read_sidecar(sidecar)
         try:
@@ -86,7 +98,7 @@ def _extract(path: Path, *, thumbnail: bool = True, keep_gps: bool = False) -> t
             errors.append(f"sidecar parser error ({type(exc).__name__})")
             rec = None
         if rec:
-            rec["metadata_source"] = f"sidecar:{sidecar.name}"
+            rec["metadata_source"] = f"sidecar:{shown(sidecar.name)}"
             rec = finalise(rec)
     out["no_metadata"] = rec is None
     if rec:
@@ -131,13 +143,49 @@ def extract_comprehensive_metadata(path: str | os.PathLike, *, keep_gps: bool = 
     return rec
 
 
+def _extract_job(path: str, keep_gps: bool) -> tuple[dict[str, Any], bytes | None]:
+    return _extract(Path(path), keep_gps=keep_gps)
+
+
+def _over_budget(path: str, message: str) -> dict[str, Any]:
+    return {"path": shown(path), "no_metadata": True, "generation_tool": None, "loras": [], "resources": [],
+            "blurhash": None, "exif": {}, "error": message}
+
+
+def _size(path: str) -> int:
+    try:
+        return min(os.stat(path).st_size, MAX_READ_BYTES)
+    except OSError:
+        return 0
+
+
+def extract_within_budget(path: str | os.PathLike, *, keep_gps: bool = False,
+                          budget: Budget = Budget()) -> dict[str, Any]:
+    """``extract_comprehensive_metadata`` in a worker process within ``budget``: a file over its time
+    or memory budget gives a record with ``no_metadata`` and the reason in ``error``."""
+    path = os.fspath(path)
+    status, value = budgeted_call(_extract_job, (path, keep_gps), _size(path), budget=budget)
+    return value[0] if status == "ok" else _over_budget(path, value)
+
+
+def extract_files_within_budget(paths: Iterable[str | os.PathLike], *, keep_gps: bool = False,
+                                budget: Budget = Budget()) -> Iterator[dict[str, Any]]:
+    """``extract_within_budget`` of each path, in order, by one worker process (what ``inspect`` runs)."""
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        return
+    jobs = ((i, (path, keep_gps), _size(path)) for i, path in enumerate(paths))
+    for i, status, value in run_budgeted(_extract_job, jobs, budget=budget, workers=1):
+        yield value[0] if status == "ok" else _over_budget(paths[i], value)
+
+
 # ---------------------------------------------------------------- library
 def _stamp(row: dict[str, Any], sidecar: Path | None) -> str:
     side = ""
     if sidecar:
         try:
             st = sidecar.stat()
-            side = f"{sidecar.name}:{st.st_size}:{st.st_mtime_ns}"
+            side = f"{shown(sidecar.name)}:{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             side = ""
     return f"{row.get('size')}:{row.get('mtime_ns')}:{side}"
@@ -148,12 +196,13 @@ def _seed_int(seed: Any) -> int | None:
 
 
 def extract_library(db, force: bool = False, progress: Callable[[int, int, str], None] | None = None,
-                    *, keep_gps: bool = False) -> dict[str, Any]:
+                    *, keep_gps: bool = False, budget: Budget = Budget(), workers: int | None = None) -> dict[str, Any]:
     """Extract every ``files`` row with kind='media' into generations/lora_usages/resources/media_info.
 
     ``db`` is a sqlite_utils.Database or a path to library.sqlite. Files whose size, mtime and sidecar are
     unchanged since the last run are skipped without any write; ``force`` re-reads them all but still writes
     only rows whose content changed. ``progress(done, total, path)`` is called after each file.
+    Each file is read within ``budget`` by one of ``workers`` processes (default: CPU cores, at most 8).
     Returns summary counts.
     """
     if not hasattr(db, "execute"):
@@ -163,23 +212,37 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
     where = "kind = 'media'"
     if "missing" in db.table("files").columns_dict:
         where += " and coalesce(missing, 0) = 0"
-    rows = list(db.query(f"select id, path, size, mtime_ns from files where {where} order by id"))
+    rows = list(db.query(f"select id, path, path_bytes, size, mtime_ns from files where {where} order by id"))
     known = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
         "select m.file_id, m._source_stamp, g.metadata_hash, m.blurhash from media_info m "
         "left join generations g on g.file_id = m.file_id").fetchall()}
     summary: dict[str, Any] = {"total": len(rows), "extracted": 0, "unchanged": 0, "written": 0,
                                "with_metadata": 0, "no_metadata": 0, "errors": 0, "by_tool": {}}
-    for i, row in enumerate(rows, 1):
-        path = Path(row["path"])
-        sidecar = find_metadata_text_file(path)
+    done = 0
+    todo: list[tuple[dict[str, Any], str, tuple | None]] = []
+    for row in rows:
+        sidecar = find_metadata_text_file(row_path(row))
         stamp = _stamp(row, sidecar)
         prev = known.get(row["id"])
         if prev and prev[0] == stamp and not force:
             summary["unchanged"] += 1
+            done += 1
             if progress:
-                progress(i, len(rows), row["path"])
+                progress(done, len(rows), row["path"])
             continue
-        rec, thumb = _extract(path, keep_gps=keep_gps)
+        todo.append((row, stamp, prev))
+    jobs = ((i, (row_path(row), keep_gps), min(row["size"] or 0, MAX_READ_BYTES))
+            for i, (row, _stamp_, _prev) in enumerate(todo))
+    results = run_budgeted(_extract_job, jobs, budget=budget,
+                           workers=min(workers or default_workers(), len(todo))) if todo else ()
+    for i, status, value in results:
+        row, stamp, prev = todo[i]
+        done += 1
+        if status == "ok":
+            rec, thumb = value
+        else:
+            log.warning("%s: %s", row["path"], value)
+            rec, thumb = _over_budget(row_path(row), value), None
         summary["extracted"] += 1
         if rec["no_metadata"]:
             summary["no_metadata"] += 1
@@ -189,14 +252,15 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
             summary["by_tool"][tool] = summary["by_tool"].get(tool, 0) + 1
         if rec.get("error"):
             summary["errors"] += 1
-        if prev and prev[0] == stamp and prev[1] == rec.get("metadata_hash") and prev[2] == rec.get("blurhash"):
+        if prev and prev[0] == stamp and prev[1] == rec.get("metadata_hash") and prev[2] == rec.get("blurhash") \
+                and status == "ok":
             if progress:
-                progress(i, len(rows), row["path"])
+                progress(done, len(rows), row["path"])
             continue  # --force on an unchanged file: nothing to write
         _write(db, row["id"], rec, thumb, stamp)
         summary["written"] += 1
         if progress:
-            progress(i, len(rows), row["path"])
+            progress(done, len(rows), row["path"])
     return summary
 
 
