@@ -126,4 +126,4 @@ def test_inspect_command_json_contract(tmp_path):
     text = CliRunner().invoke(cli, ["inspect", str(fox)])
     assert "tool: AUTOMATIC1111" in text.output and "lora: detail weight 0.6 (positive)" in text.output
     missing = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope.png")])
-    assert missing.exit_code != 0 and "is not a file" in missing.output
+    assert missing.exit_code != 0 and "does not exist" in missing.output

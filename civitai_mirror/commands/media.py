@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+import stat as statmod
 
 import click
 
 from civitai_mirror.options import db_option, json_option, progress_bar
-from matcher.media import extract_comprehensive_metadata, extract_library
+from matcher.fsnames import shown
+from matcher.media import extract_files_within_budget, extract_library
+from matcher.models import kind_and_format
+from matcher.scan import walk
 from matcher.schema import open_library
 
 
@@ -48,28 +52,64 @@ def extract(db_path: str, force: bool, keep_gps: bool, as_json: bool) -> None:
 @json_option("one JSON object per file, one per line")
 @click.option("--keep-gps", is_flag=True, help="include GPS coordinates from EXIF")
 def inspect(files: tuple[str, ...], as_json: bool, keep_gps: bool) -> None:
-    """Show the generation metadata of images, without any database.
+    """Show the generation metadata of images (FILES, or every image and video in a folder), without any database.
 
     Prints tool, prompts, parameters, LoRA usages, resources with hashes, BlurHash and EXIF facts.
+    Each file is read within a time and memory budget; a file past it is shown with the error.
 
     \b
     Example:
         civitai-mirror inspect image.png
         civitai-mirror inspect out/*.jpg --json
+        civitai-mirror inspect out/
     """
-    for path in files:
-        if not os.path.isfile(path):
-            raise click.ClickException(f"{path} is not a file")
-    for path in files:
-        rec = extract_comprehensive_metadata(path, keep_gps=keep_gps)
+    paths, refused = _media_files(files)
+    for rec in extract_files_within_budget(paths, keep_gps=keep_gps):
         if as_json:
             click.echo(json.dumps(rec, ensure_ascii=False))
             continue
         click.echo(_format_record(rec))
+    if len(refused) == 1:
+        raise click.ClickException(f"{refused[0][0]} is not an image or video: {refused[0][1]}")
+    if refused:
+        raise click.ClickException(f"{len(refused)} files are not images or videos: "
+                                   + "; ".join(f"{name} ({what})" for name, what in refused))
+
+
+def _media_files(args: tuple[str, ...]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The images and videos to read (folders walked, in name order), and what each other named file is.
+
+    A path that does not exist, is not a regular file, or is a folder without any image stops the
+    command before anything is read."""
+    paths: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for arg in args:
+        name = shown(arg)
+        if os.path.isdir(arg):
+            found = [p for p, _st in walk(os.path.abspath(arg)) if kind_and_format(p)[0] == "media"]
+            if not found:
+                raise click.ClickException(f"{name} holds no image or video")
+            paths.extend(os.path.relpath(p) if not os.path.isabs(arg) else p for p in found)
+            continue
+        if not os.path.lexists(arg):
+            raise click.ClickException(f"{name} does not exist")
+        try:
+            st = os.stat(arg)
+        except OSError as exc:
+            raise click.ClickException(f"{name}: {exc.strerror}") from None
+        if not statmod.S_ISREG(st.st_mode):
+            raise click.ClickException(f"{name} is not a regular file")
+        kind, fmt = kind_and_format(arg)
+        if kind == "media":
+            paths.append(arg)
+        else:
+            what = {"model": "a model file", "sidecar": "a sidecar"}.get(kind, "a file")
+            refused.append((name, what + (f", {fmt}" if fmt else "")))
+    return paths, refused
 
 
 def _format_record(rec: dict) -> str:
-    lines = [f"== {rec['path']} ({rec.get('format') or 'unknown format'}"
+    lines = [f"== {shown(rec['path'])} ({rec.get('format') or 'unknown format'}"
              f"{', %sx%s' % (rec['image_width'], rec['image_height']) if rec.get('image_width') else ''})"]
     if rec.get("no_metadata"):
         lines.append("no generation metadata")
@@ -79,9 +119,9 @@ def _format_record(rec: dict) -> str:
             lines.append(f"prompt: {rec['positive_raw']}")
         if rec.get("negative_raw"):
             lines.append(f"negative: {rec['negative_raw']}")
-        shown = ("model_name", "model_hash_short", "seed", "steps", "sampler", "scheduler", "cfg_scale", "width",
+        fields = ("model_name", "model_hash_short", "seed", "steps", "sampler", "scheduler", "cfg_scale", "width",
                  "height", "clip_skip", "denoising_strength", "hires_upscaler", "vae", "version_tag")
-        params = ", ".join(f"{k}: {rec[k]}" for k in shown if rec.get(k) is not None)
+        params = ", ".join(f"{k}: {rec[k]}" for k in fields if rec.get(k) is not None)
         if params:
             lines.append(params)
         for lora in rec.get("loras") or []:
