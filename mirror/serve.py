@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 METADATA_FILE = Path(__file__).resolve().parent / "datasette_metadata.yml"
 # row-library-files.html: the file page of library.sqlite (summary above the raw row).
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+READ_BUSY_TIMEOUT_S = 15  # a reader waits this long for a build's commit (usually well under 1 s)
+MAX_CONNECTIONS = 100  # connections and requests at once; more get 503
+HEAD_TIMEOUT_S = 10.0  # from connecting (or the last answer) to a request's complete head
 
 
 def load_metadata(path: Path | None = None) -> dict[str, Any]:
@@ -52,11 +55,6 @@ def load_metadata(path: Path | None = None) -> dict[str, Any]:
         return {"title": "civitai-mirror"}
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh) or {}
-
-
-READ_BUSY_TIMEOUT_S = 15  # a reader waits this long for a build's commit (usually well under 1 s)
-MAX_CONNECTIONS = 100  # connections and requests at once; more get 503
-HEAD_TIMEOUT_S = 10.0  # from connecting (or the last answer) to a request's complete head
 
 
 def register_plugin() -> None:
