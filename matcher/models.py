@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickletools
 import re
 import zipfile
 from collections import Counter
@@ -267,19 +268,69 @@ _FOLDER_HINTS = (
 )
 
 
+#: at most this much of a torch zip's ``data.pkl`` is inflated to read its key names
+MAX_PICKLE_BYTES = 4 * 1024 * 1024
+#: at most this many names are taken from it
+MAX_PICKLE_NAMES = 20_000
+
+
+def pickle_names(data: bytes) -> list[str]:
+    """The text constants of a pickle (dict keys: tensor names), read opcode by opcode.
+
+    Nothing is unpickled: ``pickletools.genops`` only decodes the opcodes and their arguments. A
+    pickle cut short (the read is capped) or not a pickle at all gives what was read before."""
+    names: list[str] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            if isinstance(arg, str) and opcode.name in _TEXT_OPCODES:
+                names.append(arg)
+                if len(names) >= MAX_PICKLE_NAMES:
+                    break
+    except Exception:  # truncated or not a pickle: keep what was read
+        pass
+    return names
+
+
+_TEXT_OPCODES = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+                 "STRING"}
+
+
 def classify_zip(path: str, size: int) -> tuple[str, str | None, dict[str, Any]]:
-    """(model_type, base_model, facts) of a torch zip file from member names and sizes only."""
+    """(model_type, base_model, facts) of a torch zip file from member names and sizes, and from the
+    key names in its ``data.pkl`` (read opcode by opcode, never unpickled; at most ``MAX_PICKLE_BYTES``
+    inflated, so a zip bomb costs nothing).
+
+    Keys name the type as in a safetensors file (``model.diffusion_model.*``: a checkpoint,
+    ``string_to_param``: an embedding, ...). When they say nothing, a ``.ckpt`` is a checkpoint (the
+    name torch checkpoints of whole models get; embeddings are ``.pt``/``.bin``), and otherwise
+    the count of tensor storages and the size decide.
+    """
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
+        pkl = next((info for info in infos if info.filename.endswith("/data.pkl") or info.filename == "data.pkl"), None)
+        data = b""
+        if pkl is not None:
+            try:
+                with archive.open(pkl) as member:
+                    data = member.read(MAX_PICKLE_BYTES)
+            except Exception:  # encrypted, bad compression, bad CRC: the names alone decide
+                data = b""
     names = [info.filename for info in infos]
     storages = [n for n in names if re.search(r"/data/\d+$", n)]
     facts = {"zip_members": len(names), "tensor_storages": len(storages)}
-    model_type = "unknown"
-    if len(storages) > 600 or size >= 1 << 30:
+    keys = [k for k in pickle_names(data) if "." in k or k in _EMBEDDING_KEYS]
+    model_type, family = classify_tensors(dict.fromkeys(keys, ())) if keys else ("unknown", None)
+    if model_type != "unknown":
+        facts["pickle_keys"] = len(keys)
+        return model_type, family, facts
+    if len(storages) > 600 or size >= 1 << 30 or path.lower().endswith(".ckpt"):
         model_type = "checkpoint"
     elif len(storages) <= 4 and size < 1 << 20:
         model_type = "embedding"
     return model_type, None, facts
+
+
+_EMBEDDING_KEYS = {"string_to_param", "emb_params", "string_to_token", "clip_l", "clip_g"}
 
 
 def hint_from_folder(path: str) -> str | None:
