@@ -38,6 +38,7 @@ import sqlite_utils
 
 from crawler.clock import utc_now, utc_stamp
 from matcher.fileops import missing_dirs, move_file, part_path, prune_empty_dirs, remove_empty_dirs
+from matcher.fsnames import disk_path, shown, stored_path
 from matcher.hashing import sha256_file
 from matcher.paths import with_counter
 from matcher.plan import Plan
@@ -67,18 +68,25 @@ def _set_run(db: sqlite_utils.Database, run_id: str, **values: Any) -> None:
         db.table("runs").update(run_id, values)
 
 
+def _source(row: dict) -> str:
+    """A journal row's source on disk: its exact bytes when the name is not UTF-8 (matcher.fsnames)."""
+    return disk_path(row["source"], row.get("source_bytes"))
+
+
 def _update_library_path(db: sqlite_utils.Database, file_id: int | None, old: str, new: str) -> str | None:
     if file_id is None or not db.table("files").exists():
         return None
+    new_text, new_bytes = stored_path(new)
     try:
-        db.execute("update files set path = ? where id = ? and path = ?", [new, file_id, old])
+        db.execute("update files set path = ?, path_bytes = ? where id = ? and path = ?",
+                   [new_text, new_bytes, file_id, shown(old)])
     except sqlite_utils.db.sqlite3.IntegrityError:
         return f"library row {file_id} not updated: another row already has {new}"
     return None
 
 
 def _finish_row(db: sqlite_utils.Database, row: dict, state: str, forward: bool, error: str | None = None) -> None:
-    old, new = (row["source"], row["destination"]) if forward else (row["destination"], row["source"])
+    old, new = (_source(row), row["destination"]) if forward else (row["destination"], _source(row))
     with db.conn:
         note = _update_library_path(db, row["file_id"], old, new)
         db.table("journal").update(row["id"], {"state": state, "error": error or note,
@@ -146,7 +154,8 @@ def _journal_moves(db: sqlite_utils.Database, run_id: str, plan: Plan) -> None:
     rows = []
     chosen: set[str] = set()
     for seq, move in enumerate(plan.moves):
-        row = {"run_id": run_id, "seq": seq, "file_id": move.file_id, "source": move.source,
+        source, source_bytes = stored_path(move.source)
+        row = {"run_id": run_id, "seq": seq, "file_id": move.file_id, "source": source, "source_bytes": source_bytes,
                "role": move.role, "reason": move.reason, "state": "planned", "_updated_at": utc_now()}
         try:
             st = os.stat(move.source)
@@ -175,7 +184,7 @@ def _journal_moves(db: sqlite_utils.Database, run_id: str, plan: Plan) -> None:
 def _do_move(db: sqlite_utils.Database, row: dict) -> None:
     _set(db, row["id"], state="moving")
     try:
-        move_file(row["source"], row["destination"], row["sha256"], f"j{row['id']}")
+        move_file(_source(row), row["destination"], row["sha256"], f"j{row['id']}")
     except OSError as exc:
         log.info("not moved: %s: %s", row["source"], exc)
         reason = "destination taken by another file" if isinstance(exc, FileExistsError) else \
@@ -201,7 +210,7 @@ def _resolve_row(db: sqlite_utils.Database, row: dict, back: bool) -> None:
     (at the source), or ``failed``. With ``back`` (a rollback, or an undo in flight) a file seen
     twice is kept at its source and a file not yet moved stays; otherwise the move is finished.
     """
-    src, dst = row["source"], row["destination"]
+    src, dst = _source(row), row["destination"]
     undoing = row["state"] == "undoing"
     back = back or undoing
     for leftover in (part_path(dst, f"j{row['id']}") if dst else None, part_path(src, f"j{row['id']}")):
@@ -272,7 +281,7 @@ def recover_runs(db: sqlite_utils.Database, rollback: bool = False,
 
 def _undo_row(db: sqlite_utils.Database, row: dict) -> str | None:
     """Move one file back; returns None when done, else the reason it was refused."""
-    src, dst = row["source"], row["destination"]
+    src, dst = _source(row), row["destination"]
     if not os.path.lexists(dst):
         reason = "file is no longer at its destination"
     elif os.path.getsize(dst) != row["size"] or sha256_file(dst) != row["sha256"]:

@@ -47,6 +47,7 @@ import sqlite_utils
 
 from crawler.clock import utc_now
 from matcher.config import DEFAULT_TYPE_FOLDERS, model_type_key, parse_bool, parse_model_type_folders
+from matcher.fsnames import row_path
 from matcher.models import SIDECAR_SUFFIXES
 from matcher.paths import base_model_folder, has_copy_marker, safe_name, split_suffix, with_counter
 from mirror.library_view import LORA_KINDS
@@ -343,7 +344,7 @@ class _Planner:
             else:
                 mrole = "media" if self.kind(member) == "media" else "sidecar"
             self.plan.moves.append(Move(
-                source=member["path"], destination=path, file_id=member["id"],
+                source=row_path(member), destination=path, file_id=member["id"],
                 size=member.get("size"), sha256=(member.get("sha256") or None),
                 mtime_ns=member.get("mtime_ns"), role=mrole,
                 reason=reason if rest is None else f"travels with {os.path.basename(owner['path'])}",

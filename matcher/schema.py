@@ -182,7 +182,7 @@ SORT_TABLES: dict[str, dict[str, Any]] = {
     # undo: done -> undoing -> undone, or undo_refused (error says why); recovery: rolled_back.
     # Files left where they are get one row with state 'ignored' and no destination.
     "journal": {
-        "columns": {"id": int, "run_id": str, "seq": int, "file_id": int, "source": str,
+        "columns": {"id": int, "run_id": str, "seq": int, "file_id": int, "source": str, "source_bytes": bytes,
                     "destination": str, "size": int, "sha256": str, "state": str, "role": str,
                     "reason": str, "error": str, "_updated_at": str},
         "pk": "id",

@@ -245,3 +245,30 @@ def test_an_odd_name_with_an_odd_sidecar(tmp_path):
     assert row == {"model_name": "sidecar_model", "metadata_source": "sidecar:caf\\xe9.txt",
                    "sidecar_path": shown(os.path.join(str(root), "caf\\xe9.txt"))}
 
+
+
+def test_sort_and_undo_move_an_odd_name_there_and_back(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    model = make(root, b"caf\xe9 style.safetensors", safetensors_bytes({"lora_unet_a.lora_down.weight": [4, 4]}, seed="c"))
+    picture_path = make(root, b"caf\xe9 style.png", open_png())
+    before = {os.fsencode(p): open(p, "rb").read() for p in (model, picture_path)}
+    db = open_library(tmp_path / "library.sqlite")
+    scan_library(db, [root])
+    (file_id,) = [r["id"] for r in db.query("select id from files where path like '%.safetensors'")]
+    db["matches"].insert({"file_id": file_id, "version_id": 11, "model_id": 1, "hash_type": "SHA256",
+                          "confidence": 1.0, "model_name": "Cafe Style", "model_type": "LORA",
+                          "base_model": "SD 1.5", "pinned": 0})
+    lib = str(tmp_path / "library.sqlite")
+    sort = CliRunner().invoke(cli, ["sort", "--dest", str(tmp_path / "dest"), "--db", lib])
+    assert sort.exit_code == 0, sort.output
+    assert f"{shown(model)} → " in sort.output and "(2 done)" in sort.output
+    moved = tmp_path / "dest" / "models" / "loras" / "SD1.5" / "Cafe Style" / "caf_xe9 style.safetensors"
+    assert moved.read_bytes() == before[os.fsencode(model)] and not os.path.lexists(model)
+    assert {r["path"]: r["path_bytes"] for r in db.query("select path, path_bytes from files")}[str(moved)] is None
+    undo = CliRunner().invoke(cli, ["undo", "--db", lib])
+    assert undo.exit_code == 0 and "(2 undone)" in undo.output, undo.output
+    assert {os.path.join(os.fsencode(root), n): open(os.path.join(os.fsencode(root), n), "rb").read()
+            for n in os.listdir(os.fsencode(root))} == before
+    rows = {r["path"]: r["path_bytes"] for r in db.query("select path, path_bytes from files")}
+    assert rows == {shown(model): os.fsencode(model), shown(picture_path): os.fsencode(picture_path)}

@@ -13,6 +13,7 @@ from rich.table import Table
 from civitai_mirror.options import (civitai_db_option, config_option, db_option, json_option, progress_bar,
                                     require_database)
 from matcher.config import load_config, resolve
+from matcher.fsnames import shown
 from matcher.journal import apply_plan, list_runs, recover_runs, undo_run
 from matcher.plan import Plan, PlanError, plan_moves
 from matcher.schema import open_library
@@ -49,16 +50,16 @@ def print_plan(plan, show_ignored: bool = False) -> None:
         sources = [os.path.dirname(m.source) for m in plan.moves]
         base = os.path.commonpath(sources) if sources else plan.dest
         table = Table(title="Sort plan")
-        table.add_column(f"Source (in {base})", overflow="fold")
+        table.add_column(f"Source (in {shown(base)})", overflow="fold")
         table.add_column("→")
         table.add_column(f"Destination (in {plan.dest})", overflow="fold")
         table.add_column("Why", no_wrap=True)
         for move in plan.moves:
-            table.add_row(_short(move.source, base), "→", _short(move.destination, plan.dest), move.role)
+            table.add_row(_short(shown(move.source), base), "→", _short(move.destination, plan.dest), move.role)
         console.print(table, markup=False)
     else:
         for move in plan.moves:
-            click.echo(f"{move.source} → {move.destination}  ({move.role})")
+            click.echo(f"{shown(move.source)} → {move.destination}  ({move.role})")
     if show_ignored:
         for item in plan.ignored:
             click.echo(f"ignored: {item.path} ({item.reason})")
@@ -187,7 +188,7 @@ def sort(dest, dry_run, db_path, civitai_db, config_path, save_plan, plan_file, 
     if dry_run:
         if as_json:
             for move in plan.moves:
-                click.echo(json.dumps({"source": move.source, "destination": move.destination, "role": move.role,
+                click.echo(json.dumps({"source": shown(move.source), "destination": move.destination, "role": move.role,
                                        "reason": move.reason, "state": "planned"}))
             for item in plan.ignored:
                 click.echo(json.dumps({"source": item.path, "destination": None, "role": "ignored",
