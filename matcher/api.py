@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from crawler.clock import utc_now
 from matcher import media, orphans
+from matcher.fsnames import shown
 from matcher.hashing import sha256_file
 from matcher.plan import plan_moves, usable_match
 from matcher.results import match_row
@@ -145,7 +146,7 @@ def process_orphaned_media(media_files: Iterable[str | os.PathLike], dry_run: bo
                                  "model_id": None, "model_name": None, "civitai_image_id": None,
                                  "method": None, "confidence": None, "reason": None, "recorded": False}
         out.append(entry)
-        row = list(db.query("select * from files where path = ?", [str(path)])) if db is not None else []
+        row = list(db.query("select * from files where path = ?", [shown(path)])) if db is not None else []
         if row:
             row = row[0]
             entry["file_id"] = row["id"]
