@@ -188,3 +188,25 @@ def test_a_slow_parser_costs_one_file_an_error_and_the_scan_goes_on(tmp_path, mo
     assert [row["steps"] for row in lib.query("select steps from generations")] == [12]
     again = extract_library(db, budget=Budget(seconds=0.5))  # recorded: not read again until it changes
     assert (again["unchanged"], again["extracted"]) == (2, 0)
+
+
+def test_thousands_of_resources_and_lora_tags(tmp_path):
+    hashes = ", ".join(f"l{i}: {i:010x}" for i in range(40_000))  # each used to rescan every earlier one
+    tags = "<lora:aa:1> lora:bb:0.5 " * 40_000
+    rec = read(tmp_path, png_with(text_chunk("parameters", f'{tags}\nSteps: 20, Lora hashes: "{hashes}"')))
+    no_budget_error(rec)
+    assert len(rec["resources"]) == 40_002 and len(rec["loras"]) == 80_000
+
+
+def test_a_graph_of_many_outputs_on_a_long_chain(tmp_path):
+    nodes = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "deep.safetensors"}},
+             "2": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 9, "cfg": 7, "model": ["1", 0]}}}
+    prev = "2"
+    for i in range(2000):
+        nodes[f"c{i}"] = {"class_type": "Passthrough", "inputs": {"x": [prev, 0]}}
+        prev = f"c{i}"
+    for j in range(60_000):  # each output used to walk the whole chain again (40 s)
+        nodes[f"o{j}"] = {"class_type": "SaveImage", "inputs": {"images": [prev, 0]}}
+    rec = read(tmp_path, png_with(text_chunk("prompt", json.dumps(nodes))))
+    no_budget_error(rec)
+    assert (rec["model_name"], rec["seed"], rec["steps"]) == ("deep.safetensors", 3, 9)

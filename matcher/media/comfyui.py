@@ -144,8 +144,12 @@ class Graph:
                 return v
         return None
 
-    def upstream(self, start: Any, follow: tuple[str, ...] | None = None, limit: int = 200):
-        """Nodes reachable upstream from a link (BFS, each once)."""
+    def upstream(self, start: Any, follow: tuple[str, ...] | None = None, limit: int = 200,
+                 work: list[int] | None = None):
+        """Nodes reachable upstream from a link (BFS, each once).
+
+        ``work``: a shared count of queue steps left (several walks of one graph share it, so the
+        walks together stay linear in the graph); the walk stops when it reaches 0."""
         if not is_link(start):
             return []
         nodes = self.nodes
@@ -154,6 +158,10 @@ class Graph:
         qi = 0
         out = []
         while qi < len(queue) and len(out) < limit:
+            if work is not None:
+                if work[0] <= 0:
+                    break
+                work[0] -= 1
             nid = str(queue[qi][0])
             qi += 1
             if nid in seen or nid not in nodes:
@@ -216,10 +224,13 @@ def _final_sampler(g: Graph, samplers: list[tuple[str, dict]]) -> tuple[str, dic
     if not ids:
         return None
     best, best_depth = None, -1
+    work = [20_000 + 8 * len(g.nodes)]  # all the walks below together: linear in the graph
     for nid, node in g.nodes.items():
+        if work[0] <= 0:
+            break
         if nid in ids or not _is_output_name(str(node.get("class_type", ""))):
             continue
-        ups = g.upstream([nid, 0], limit=2000)
+        ups = g.upstream([nid, 0], limit=2000, work=work)
         chain = [(i, n) for i, n in ups if i in ids]
         if not chain:
             continue
@@ -262,7 +273,8 @@ def _base_pass(g: Graph, final: tuple[str, dict], ids: set[str]) -> tuple[str, d
 
 def _texts(g: Graph, link: Any) -> list[str]:
     """Prompt texts feeding a conditioning input."""
-    texts = []
+    texts: list[str] = []
+    seen: set[str] = set()
     for _nid, node in g.upstream(link):
         ct = str(node.get("class_type", ""))
         ins = g.inputs(node)
@@ -270,7 +282,8 @@ def _texts(g: Graph, link: Any) -> list[str]:
             for key in ("text", "text_g", "text_l", "prompt"):
                 if key in ins:
                     v = g.resolve(ins[key], "text")
-                    if isinstance(v, str) and v.strip() and v not in texts:
+                    if isinstance(v, str) and v.strip() and v not in seen:
+                        seen.add(v)
                         texts.append(v)
                     if key == "text":
                         break

@@ -158,10 +158,52 @@ def normalise_name(name: str) -> str:
     return _SPACES_RE.sub("_", s)
 
 
+#: the key a record keeps its resource index under while it is built (``finalise`` drops it)
+_INDEX = "_resource_index"
+#: at most this many resources are indexed under one name, hash or version (far more than any real
+#: image names; past it a crafted record cannot make each addition scan a long list)
+_MAX_PER_KEY = 64
+
+
+def _index_of(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record's resource index: (what, kind, value) -> resources, and each resource's position.
+
+    Built again when a parser replaced or shortened ``rec["resources"]``."""
+    resources = rec["resources"]
+    index = rec.get(_INDEX)
+    if index is None or index["list"] is not resources or index["count"] != len(resources):
+        index = rec[_INDEX] = {"list": resources, "count": 0, "keys": {}, "pos": {}}
+        for r in resources:
+            _index_add(index, r)
+    return index
+
+
+def _index_key(index: dict[str, Any], key: tuple, r: dict[str, Any]) -> None:
+    found = index["keys"].setdefault(key, [])
+    if len(found) < _MAX_PER_KEY:
+        found.append(r)
+
+
+def _index_add(index: dict[str, Any], r: dict[str, Any]) -> None:
+    index["pos"][id(r)] = index["count"]
+    index["count"] += 1
+    kind = r["kind"]
+    if r.get("_norm"):
+        _index_key(index, ("n", kind, r["_norm"]), r)
+    if r.get("hash"):
+        _index_key(index, ("h", kind, r["hash"]), r)
+    if r.get("version_id"):
+        _index_key(index, ("v", kind, r["version_id"]), r)
+
+
 def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: float | None = None,
                  version_id: int | None = None, hash_kind: str | None = None, role: str | None = None,
                  source: str | None = None) -> None:
-    """Add or merge one referenced resource (same kind and normalised name, or same hash)."""
+    """Add or merge one referenced resource (same kind and normalised name, or same hash).
+
+    The resources that can merge are found through an index (same kind and name, hash or version),
+    in the order they were added: constant work per call, where a scan of the list was quadratic
+    over a crafted list of thousands of resources."""
     name = str(name).strip() if name not in (None, "") else None
     if isinstance(h, str):
         h, kind_of = _hash_and_kind(h)
@@ -172,26 +214,33 @@ def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: f
     if not name and not h and not version_id:
         return
     norm = normalise_name(name).lower() if name else None
-    for r in rec["resources"]:
-        same_name = norm and r["_norm"] == norm
-        if r["kind"] == kind and (same_name or (h and r["hash"] == h) or (version_id and r["version_id"] == version_id)):
-            if h and not r["hash"]:
-                r["hash"], r["hash_kind"] = h, kind_of
-            elif h and r["hash"] != h and (kind_of != r["hash_kind"]):
-                continue  # a second hash of another kind: keep it as its own row
-            elif h and r["hash"] != h:
-                continue
-            if weight is not None and r["weight"] is None:
-                r["weight"] = weight
-            if version_id and not r["version_id"]:
-                r["version_id"] = version_id
-            if name and not r["name"]:
-                r["name"], r["_norm"] = name, norm
-            return
-    rec["resources"].append({
-        "kind": kind, "name": name, "hash": h, "hash_kind": kind_of, "weight": weight,
-        "version_id": version_id, "_norm": norm,
-    })
+    index = _index_of(rec)
+    keys = index["keys"]
+    found = [*keys.get(("n", kind, norm), ()), *keys.get(("h", kind, h), ()), *keys.get(("v", kind, version_id), ())]
+    if len(found) > 1:
+        pos = index["pos"]
+        found = sorted({id(r): r for r in found}.values(), key=lambda r: pos[id(r)])
+    for r in found:
+        if h and not r["hash"]:
+            r["hash"], r["hash_kind"] = h, kind_of
+            _index_key(index, ("h", kind, h), r)
+        elif h and r["hash"] != h and (kind_of != r["hash_kind"]):
+            continue  # a second hash of another kind: keep it as its own row
+        elif h and r["hash"] != h:
+            continue
+        if weight is not None and r["weight"] is None:
+            r["weight"] = weight
+        if version_id and not r["version_id"]:
+            r["version_id"] = version_id
+            _index_key(index, ("v", kind, version_id), r)
+        if name and not r["name"]:
+            r["name"], r["_norm"] = name, norm
+            _index_key(index, ("n", kind, norm), r)
+        return
+    r = {"kind": kind, "name": name, "hash": h, "hash_kind": kind_of, "weight": weight,
+         "version_id": version_id, "_norm": norm}
+    rec["resources"].append(r)
+    _index_add(index, r)
 
 
 # <lora:NAME>, <lora:NAME:W>, <lora:NAME:W1:W2>, <lyco:...>, <hypernet:...>
@@ -241,8 +290,12 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
         w2 = to_float(weights[1]) if len(weights) > 1 else None
         out.append({"kind": "hypernetwork" if kind == "hypernet" else ("lycoris" if kind in ("lyco", "locon") else "lora"),
                     "raw_name": name, "weight": w1, "weight2": w2, "context": context, "pos": start})
+    t = 0  # tags and plain matches both come in text order: one pointer, not a scan of every tag
     for m in (_PLAIN_RE.finditer(text) if has_plain else ()):
-        if any(a <= m.start() < b for a, b in tagged):
+        start = m.start()
+        while t < len(tagged) and tagged[t][1] <= start:
+            t += 1
+        if t < len(tagged) and tagged[t][0] <= start:
             continue
         out.append({"kind": "lora", "raw_name": m.group(1), "weight": to_float(m.group(2)), "weight2": None,
                     "context": context, "pos": m.start()})
@@ -348,6 +401,7 @@ def finalise(rec: dict[str, Any]) -> dict[str, Any]:
         rec["prompt_truncated"] = True
     rec["positive_clean"] = clean_prompt(rec.get("positive_raw"))
     rec["negative_clean"] = clean_prompt(rec.get("negative_raw"))
+    rec.pop(_INDEX, None)
     for r in rec["resources"]:
         r.pop("_norm", None)
     # attach hashes known only from resources to the LoRA usages, and weights the other way
