@@ -272,3 +272,30 @@ def test_sort_and_undo_move_an_odd_name_there_and_back(tmp_path):
             for n in os.listdir(os.fsencode(root))} == before
     rows = {r["path"]: r["path_bytes"] for r in db.query("select path, path_bytes from files")}
     assert rows == {shown(model): os.fsencode(model), shown(picture_path): os.fsencode(picture_path)}
+
+
+def zip_bomb_ckpt(path, inflated: int = 256 * 1024 * 1024) -> None:
+    """A torch zip whose data.pkl inflates to ``inflated`` zero bytes (about 250 KB on disk)."""
+    block = b"\0" * (1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("archive/version", b"3\n")
+        with archive.open("archive/data.pkl", "w", force_zip64=True) as member:
+            for _ in range(inflated >> 20):
+                member.write(block)
+
+
+def test_scan_skips_loops_fifos_and_devices_never_inflates_a_bomb_nor_runs_a_pickle(tmp_path):
+    root = tmp_path / "lib"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "loop").symlink_to(root)
+    os.mkfifo(root / "pipe.safetensors")
+    (root / "zero.safetensors").symlink_to("/dev/zero")
+    zip_bomb_ckpt(root / "bomb.ckpt")
+    (root / "evil.pt").write_bytes(pickle.dumps({"model.diffusion_model.x": _Boom()}, protocol=2))
+    db_path = tmp_path / "library.sqlite"
+    done = run_cli("scan", str(root), "--db", str(db_path), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = files_by_name(db_path)
+    assert set(rows) == {"bomb.ckpt", "evil.pt"}
+    assert rows["bomb.ckpt"]["model_type"] == "checkpoint"
+    assert not (tmp_path / "pwned").exists() and not (root / "pwned").exists()
