@@ -121,8 +121,10 @@ def parse_stability_matrix(parameters: str | None, parameters_json: Any, comfy_p
         for r in g["resources"]:
             if r["kind"] != "checkpoint":
                 add_resource(rec, r["kind"], r["name"], r["hash"], weight=r["weight"])
+        named = {x["name"] for x in rec["loras"]}  # a set: a crafted graph of many LoRAs stays linear
         for lo in g["loras"]:
-            if not any(x["name"] == lo["name"] for x in rec["loras"]):
+            if lo["name"] not in named:
+                named.add(lo["name"])
                 rec["loras"].append(dict(lo, position=len(rec["loras"])))
     rec["resources"] = [r for r in rec["resources"] if r["kind"] != "checkpoint"]
     add_resource(rec, "checkpoint", rec.get("model_name"), rec.get("model_hash_short"))

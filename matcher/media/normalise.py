@@ -160,6 +160,8 @@ def normalise_name(name: str) -> str:
 
 #: the key a record keeps its resource index under while it is built (``finalise`` drops it)
 _INDEX = "_resource_index"
+#: lists shorter than this are scanned; longer ones are searched through the index
+_SCAN_BELOW = 16
 #: at most this many resources are indexed under one name, hash or version (far more than any real
 #: image names; past it a crafted record cannot make each addition scan a long list)
 _MAX_PER_KEY = 64
@@ -214,16 +216,23 @@ def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: f
     if not name and not h and not version_id:
         return
     norm = normalise_name(name).lower() if name else None
-    index = _index_of(rec)
-    keys = index["keys"]
-    found = [*keys.get(("n", kind, norm), ()), *keys.get(("h", kind, h), ()), *keys.get(("v", kind, version_id), ())]
-    if len(found) > 1:
-        pos = index["pos"]
-        found = sorted({id(r): r for r in found}.values(), key=lambda r: pos[id(r)])
+    resources = rec["resources"]
+    index = None
+    if len(resources) < _SCAN_BELOW:  # a short list (nearly every image): a scan is cheaper than an index
+        found = [r for r in resources if r["kind"] == kind and (
+            norm and r["_norm"] == norm or h and r["hash"] == h or version_id and r["version_id"] == version_id)]
+    else:
+        index = _index_of(rec)
+        keys = index["keys"]
+        found = [*keys.get(("n", kind, norm), ()), *keys.get(("h", kind, h), ()), *keys.get(("v", kind, version_id), ())]
+        if len(found) > 1:
+            pos = index["pos"]
+            found = sorted({id(r): r for r in found}.values(), key=lambda r: pos[id(r)])
     for r in found:
         if h and not r["hash"]:
             r["hash"], r["hash_kind"] = h, kind_of
-            _index_key(index, ("h", kind, h), r)
+            if index is not None:
+                _index_key(index, ("h", kind, h), r)
         elif h and r["hash"] != h and (kind_of != r["hash_kind"]):
             continue  # a second hash of another kind: keep it as its own row
         elif h and r["hash"] != h:
@@ -232,15 +241,18 @@ def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: f
             r["weight"] = weight
         if version_id and not r["version_id"]:
             r["version_id"] = version_id
-            _index_key(index, ("v", kind, version_id), r)
+            if index is not None:
+                _index_key(index, ("v", kind, version_id), r)
         if name and not r["name"]:
             r["name"], r["_norm"] = name, norm
-            _index_key(index, ("n", kind, norm), r)
+            if index is not None:
+                _index_key(index, ("n", kind, norm), r)
         return
     r = {"kind": kind, "name": name, "hash": h, "hash_kind": kind_of, "weight": weight,
          "version_id": version_id, "_norm": norm}
-    rec["resources"].append(r)
-    _index_add(index, r)
+    resources.append(r)
+    if index is not None:
+        _index_add(index, r)
 
 
 # <lora:NAME>, <lora:NAME:W>, <lora:NAME:W1:W2>, <lyco:...>, <hypernet:...>
