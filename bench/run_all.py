@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 # (script, default arguments, --quick arguments)
 BENCHMARKS = [
     ("bench_crawl.py", [], ["--ids", "600"]),
+    ("bench_faults.py", [], ["--ids", "600", "--rounds", "1", "--per-id-ids", "600"]),
     ("bench_build.py", ["--models", "20000", "--lookup-files", "1000000"], ["--models", "2000", "--lookup-files", "100000"]),
     ("bench_hash.py", [], ["--size-mib", "256", "--files", "2000"]),
     ("bench_extract.py", [], []),

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import random
@@ -46,8 +45,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type
 from yarl import URL
 
 from crawler.bodies import (ACCEPT_ENCODING, DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGE, MAGIC_BYTES, BodyReader,
-                            Corrupt, Refused, media_content_type, media_kind, read_body)
-from crawler.limits import MAX_RETRY_AFTER, QUICK_RETRY, RateLimiter, parse_retry_after
+                            Corrupt, Refused, loads_lone_surrogates, media_content_type, media_kind, read_body)
+from crawler.limits import QUICK_RETRY, RateLimiter, parse_retry_after
 
 
 log = logging.getLogger(__name__)
@@ -134,19 +133,11 @@ def parse_json_body(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "surrogate" in str(exc):
-            return _loads_lone_surrogates(body)
+            try:
+                return loads_lone_surrogates(body)
+            except ValueError:
+                raise Invalid(f"body is not valid JSON ({len(body)} bytes)") from None
         raise Invalid(f"body is not complete JSON ({len(body)} bytes)") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _loads_lone_surrogates(body: bytes) -> Any:
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise Invalid(f"body is not valid JSON ({len(body)} bytes)") from None
 
 
 def host_of(url: str) -> str:
@@ -238,15 +229,16 @@ class CivitaiClient:
         """Seconds to wait after failed attempt number ``attempt`` (1-based) that raised ``exc``.
 
         A 429 waits in the shared limiter. Another failure while the other requests still succeed
-        is retried soon (``QUICK_RETRY``, doubling); when everything fails, after ``sleep_retries``
-        seconds, doubling per attempt (cap 30 s), with jitter."""
+        is retried soon (at random up to ``QUICK_RETRY``, doubling); when everything fails, after
+        ``sleep_retries`` seconds, doubling per attempt (cap 30 s), with jitter."""
         if isinstance(exc, Retryable) and exc.status == 429:
             return 0.0  # the shared limiter holds everybody back
         fluke = self.limiter.failed()
         if isinstance(exc, Retryable) and exc.retry_after is not None:
             return exc.retry_after
-        first = min(QUICK_RETRY, self.sleep_retries) if fluke else self.sleep_retries
-        return min(first * (2 ** (attempt - 1)), 30.0) + random.uniform(0, first)
+        if fluke:  # "full jitter": anywhere up to QUICK_RETRY, doubling
+            return random.uniform(0, min(QUICK_RETRY, self.sleep_retries) * (2 ** (attempt - 1)))
+        return min(self.sleep_retries * (2 ** (attempt - 1)), 30.0) + random.uniform(0, self.sleep_retries)
 
     def _retrying(self, result: Response) -> AsyncRetrying:
         """The retry policy for the attempts after the first one (already made)."""

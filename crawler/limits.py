@@ -2,14 +2,17 @@
 
 Three things adapt to what the server answers, for all workers together:
 
-* **The pause after a 429 without Retry-After.** The first one is short (``FIRST_PAUSE``); it
-  doubles while 429s continue (a 429 to a request sent *after* the last pause began; the other
-  answers of the same burst do not count) up to ``ceiling`` (``--sleep-429``), and halves with
-  every success. A crawl hit by an occasional 429 loses a fraction of a second; one that keeps
-  hitting a limit waits longer and longer, up to the ceiling. ``Retry-After`` is honoured as given.
-* **The request interval.** A new 429 sets it to a little more than the interval the successes
-  were coming at (so the crawl slows to about 3/4 of the rate that tripped the limit) and each
-  success shortens it by 3 %; it converges on a server's real rate limit. ``max_rps`` is a floor.
+* **The pause after 429s without Retry-After.** A 429 after some success pauses nobody: the
+  interval below is the reaction. 429s with no success between them (the server lets nothing
+  through) pause every worker, first briefly (``FIRST_PAUSE``), then twice as long each time
+  while they continue, up to ``ceiling`` (``--sleep-429``); every success halves the pause. Only a
+  429 to a request sent *after* the last new one counts: the other answers of a burst do not.
+  A crawl hit by an occasional 429 keeps its speed; one that keeps hitting a limit waits longer
+  and longer, up to the ceiling. ``Retry-After`` is honoured as given.
+* **The request interval.** A new 429 sets it to at least the interval the successes were coming
+  at, and ``1 / CUT`` times the current one; each success shortens it by ``RELAX`` again. It
+  converges on a server's real rate limit (about one request in ten answered 429 there), while
+  random 429s below that share leave it near zero. ``max_rps`` is a floor.
 * **How soon another failure is retried** (5xx, timeouts, bad bodies): while other requests keep
   succeeding (fewer consecutive failures than workers) a failure is a fluke and is retried after
   ``QUICK_RETRY`` seconds; when everything fails the client waits the long back-off.
@@ -22,8 +25,11 @@ import time
 from email.utils import parsedate_to_datetime
 
 FIRST_PAUSE = 0.1  # seconds: the first pause of everybody after a 429 without Retry-After
-QUICK_RETRY = 0.05  # seconds: the first back-off of a failure while other requests succeed
+QUICK_RETRY = 0.02  # seconds: the first back-off of a failure while other requests succeed
 MAX_PENALTY = 2.0  # seconds: the widest request interval a 429 sets
+CUT = 0.85  # a new 429 slows the requests to this share of their rate
+RELAX = 0.98  # and each success shortens the request interval by this factor
+MIN_PENALTY = 0.001
 MAX_RETRY_AFTER = 600.0
 
 
@@ -84,23 +90,27 @@ class RateLimiter:
         self.failures += 1
         now = time.monotonic()
         new = epoch is None or epoch == self.epoch
-        if new:  # not one more answer of a burst a pause already reacts to
-            self.epoch += 1
-            # the rate of successes since the last new 429, not counting the time paused
-            when, count, paused = self._mark
-            active = now - when - (self.paused_seconds - paused)
-            done = self.successes - count
-            self._mark = (now, self.successes, self.paused_seconds)
-            if done >= 2 and active > 0:
-                self.penalty = max(self.penalty, active / (0.75 * done))
-            else:  # too few successes to measure: halve the rate
-                self.penalty = max(self.penalty * 2, 0.01)
-            self.penalty = min(self.penalty, MAX_PENALTY)
+        if not new:  # one more answer of a burst that a pause or an interval already reacts to
+            if retry_after is not None:
+                self._pause_until(now + retry_after)
+            return
+        self.epoch += 1
+        # the rate of successes since the last new 429, not counting the time paused
+        when, count, paused = self._mark
+        active = now - when - (self.paused_seconds - paused)
+        done = self.successes - count
+        self._mark = (now, self.successes, self.paused_seconds)
+        # The interval: at least the one the successes came at (the rate that met the 429), and a
+        # CUT slower than the current one. Random 429s do not ratchet it up: successes relax it
+        # faster than they come (CUT ** f == RELAX ** (1 - f) at f = 11 % of the requests).
+        measured = active / done if done >= 2 and active > 0 else 0.0  # too few successes: no measure
+        self.penalty = min(max(self.penalty / CUT, measured, MIN_PENALTY), MAX_PENALTY)
         if retry_after is not None:
             self._pause_until(now + retry_after)
-        elif new:
+        elif done == 0 or self.pause:  # 429s with no success between them: pause everybody
             self.pause = min(max(self.pause * 2, FIRST_PAUSE), self.ceiling)
             self._pause_until(now + self.pause)
+        # else an isolated 429 (the workers' worth of successes since the last): the interval is enough
 
     def _pause_until(self, until: float) -> None:
         now = time.monotonic()
@@ -119,7 +129,7 @@ class RateLimiter:
         self.failures = 0
         self.successes += 1
         if self.penalty or self.pause:
-            self.penalty = self.penalty * 0.97 if self.penalty > 0.0005 else 0.0
+            self.penalty = self.penalty * RELAX if self.penalty > 0.0005 else 0.0
             self.pause = self.pause / 2 if self.pause > FIRST_PAUSE / 2 else 0.0
 
 

@@ -12,21 +12,34 @@ from tests.fakeapi import make_model
 from tests.test_crawler_crawl import json_files, log_ids
 
 
-def test_an_occasional_429_pauses_briefly_and_successes_undo_it():
+def test_an_occasional_429_pauses_nobody_and_successes_undo_its_interval():
     limiter = RateLimiter(ceiling=30.0)
     for _ in range(20):  # a 429 now and then, successes in between
-        limiter.too_many_requests(None, limiter.epoch)
-        assert limiter.pause == FIRST_PAUSE
-        for _ in range(5):
+        for _ in range(10):
             limiter.success()
-        assert limiter.pause == 0
-    assert limiter.longest_pause <= FIRST_PAUSE + 1e-6
+        limiter.too_many_requests(None, limiter.epoch)
+        assert limiter.pause == 0 and limiter.penalty > 0
+    assert limiter.pauses == 0
+    for _ in range(400):
+        limiter.success()
+    assert limiter.penalty == 0
+
+
+def test_a_429_without_a_success_since_the_last_one_pauses_briefly_and_a_success_undoes_it():
+    limiter = RateLimiter(ceiling=30.0)
+    limiter.success()
+    limiter.too_many_requests(None, limiter.epoch)
+    limiter.too_many_requests(None, limiter.epoch)  # sent after the first: the server lets nothing through
+    assert limiter.pause == FIRST_PAUSE and limiter.pauses == 1
+    limiter.success()
+    limiter.success()
+    assert limiter.pause == 0
 
 
 def test_429s_that_continue_double_the_pause_up_to_the_ceiling():
     limiter = RateLimiter(ceiling=30.0)
     pauses = []
-    for _ in range(12):  # each request sent after the last pause began is answered 429 again
+    for _ in range(14):  # each request sent after the last pause began is answered 429 again
         limiter.too_many_requests(None, limiter.epoch)
         pauses.append(limiter.pause)
     assert pauses[:4] == [FIRST_PAUSE, 2 * FIRST_PAUSE, 4 * FIRST_PAUSE, 8 * FIRST_PAUSE]
@@ -37,10 +50,15 @@ def test_429s_that_continue_double_the_pause_up_to_the_ceiling():
 
 def test_the_other_answers_of_one_burst_do_not_grow_the_pause():
     limiter = RateLimiter(ceiling=30.0)
+    limiter.too_many_requests(None, limiter.epoch)
+    limiter.too_many_requests(None, limiter.epoch)
     sent_in = limiter.epoch  # five requests in flight together, all answered 429
-    for _ in range(5):
+    limiter.too_many_requests(None, sent_in)  # the first answer of the burst counts
+    pause, penalty = limiter.pause, limiter.penalty
+    for _ in range(4):  # the others do not
         limiter.too_many_requests(None, sent_in)
-    assert limiter.pause == FIRST_PAUSE and limiter.pauses == 1
+    assert pause == 4 * FIRST_PAUSE and limiter.pauses == 3
+    assert (limiter.pause, limiter.penalty) == (pause, penalty)
 
 
 def test_retry_after_is_honoured_as_given():
