@@ -19,6 +19,7 @@ from civitai_mirror.fixtures import insert_before_iend, png_bytes, png_chunk, wr
 from matcher.media.budget import BUDGET_MEMORY_ERROR, BUDGET_TIME_ERROR, Budget, budgeted_call
 from matcher.media.containers import MAX_TOTAL_TEXT_BYTES
 from matcher.media.extract import MAX_SIDECAR_BYTES, extract_library, extract_within_budget
+from matcher.media.normalise import MAX_LORAS, MAX_RESOURCES
 from matcher.scan import scan_library
 from matcher.schema import open_library
 
@@ -195,7 +196,8 @@ def test_thousands_of_resources_and_lora_tags(tmp_path):
     tags = "<lora:aa:1> lora:bb:0.5 " * 40_000
     rec = read(tmp_path, png_with(text_chunk("parameters", f'{tags}\nSteps: 20, Lora hashes: "{hashes}"')))
     no_budget_error(rec)
-    assert len(rec["resources"]) == 40_002 and len(rec["loras"]) == 80_000
+    assert len(rec["resources"]) == MAX_RESOURCES and len(rec["loras"]) == MAX_LORAS
+    assert rec["resources"][0]["name"] == "l0" and rec["loras"][1]["name"] == "bb"
 
 
 def test_a_graph_of_many_outputs_on_a_long_chain(tmp_path):

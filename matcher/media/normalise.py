@@ -18,6 +18,10 @@ from matcher.models import MODEL_EXTENSIONS
 from mirror.hashes import AUTOV3_FULL_LENGTH, LENGTH_TYPES
 
 MAX_PROMPT_BYTES = 64 * 1024
+#: at most this many resources and LoRA usages per record (real images name a few dozen; a crafted
+#: one naming hundreds of thousands would cost seconds per file and rows by the hundred thousand)
+MAX_RESOURCES = 1000
+MAX_LORAS = 1000
 
 #: normalised scalar fields, in the order they are shown and stored
 FIELDS = [
@@ -248,6 +252,8 @@ def add_resource(rec: dict[str, Any], kind: str, name: Any, h: Any, *, weight: f
             if index is not None:
                 _index_key(index, ("n", kind, norm), r)
         return
+    if len(resources) >= MAX_RESOURCES:
+        return
     r = {"kind": kind, "name": name, "hash": h, "hash_kind": kind_of, "weight": weight,
          "version_id": version_id, "_norm": norm}
     resources.append(r)
@@ -291,6 +297,8 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
         return out
     tagged = []
     for m in (_TAG_RE.finditer(text) if has_tag else ()):
+        if len(out) >= MAX_LORAS:
+            break
         start = m.start()
         tagged.append((start, m.end()))
         body = m.group(2)
@@ -303,7 +311,11 @@ def find_lora_tags(text: str, context: str) -> list[dict[str, Any]]:
         out.append({"kind": "hypernetwork" if kind == "hypernet" else ("lycoris" if kind in ("lyco", "locon") else "lora"),
                     "raw_name": name, "weight": w1, "weight2": w2, "context": context, "pos": start})
     t = 0  # tags and plain matches both come in text order: one pointer, not a scan of every tag
+    plain = 0
     for m in (_PLAIN_RE.finditer(text) if has_plain else ()):
+        if plain >= MAX_LORAS:
+            break
+        plain += 1
         start = m.start()
         while t < len(tagged) and tagged[t][1] <= start:
             t += 1
@@ -336,6 +348,8 @@ def extract_loras(rec: dict[str, Any]) -> None:
     usages = find_lora_tags(rec.get("positive_raw") or "", "positive") + \
         find_lora_tags(rec.get("negative_raw") or "", "negative")
     for u in usages:
+        if len(rec["loras"]) >= MAX_LORAS:
+            break
         name = _valid_name(u)
         if name is None:
             continue
@@ -353,7 +367,7 @@ def add_lora_usage(rec: dict[str, Any], name: str, weight: float | None, context
     if weight is None:
         weight = 1.0
     u = {"raw_name": name, "weight": weight}
-    if not valid_usage(u):
+    if len(rec["loras"]) >= MAX_LORAS or not valid_usage(u):
         return
     n = normalise_name(name)
     rec["loras"].append({"name": n, "weight": weight, "weight2": weight2, "context": context, "kind": kind,
