@@ -12,7 +12,7 @@ Layout: ``containers`` (PNG/JPEG/WebP/GIF/MP4/WebM/stealth readers), ``a1111`` (
 (graph walk), ``invokeai`` (its three formats), ``json_generators`` (NovelAI, Fooocus, SwarmUI,
 EasyDiffusion), ``comfy_hosts`` (Civitai, TensorArt, Stability Matrix: their JSON beside a ComfyUI graph),
 ``text_generators`` (Draw Things' XMP, sidecar lines), ``parse`` (dispatch), ``normalise`` (record, LoRAs,
-resources, canonical JSON), ``imaging`` (BlurHash, thumbnail, EXIF facts), ``extract`` (files and the database),
+canonical JSON), ``resource_list`` (resources merged through an index), ``imaging`` (BlurHash, thumbnail, EXIF facts), ``extract`` (files and the database),
 ``budget`` (worker processes that hold each file to a CPU and memory budget).
 """
 from .extract import (extract_comprehensive_metadata, extract_files_within_budget, extract_library,
