@@ -1,7 +1,8 @@
 """The normalised generation record shared by every parser, LoRA usages, canonical JSON.
 
-Resources are merged by ``resource_list.add_resource`` (re-exported here). A record is a plain dict. Parsers fill the scalar fields below, ``loras`` and ``resources``;
-``finalise`` trims prompts, removes LoRA tags from the clean prompts and computes ``metadata_hash``.
+A record is a plain dict. Parsers fill the scalar fields below, ``loras`` and ``resources`` (merged by
+``resource_list.add_resource``, re-exported here); ``finalise`` trims prompts, removes LoRA tags from
+the clean prompts and computes ``metadata_hash``.
 """
 from __future__ import annotations
 
