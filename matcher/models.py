@@ -269,7 +269,7 @@ _FOLDER_HINTS = (
 
 
 #: at most this much of a torch zip's ``data.pkl`` is inflated to read its key names
-MAX_PICKLE_BYTES = 4 * 1024 * 1024
+MAX_PICKLE_BYTES = 1024 * 1024
 #: at most this many names are taken from it
 MAX_PICKLE_NAMES = 20_000
 
