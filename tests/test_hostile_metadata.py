@@ -212,3 +212,17 @@ def test_a_graph_of_many_outputs_on_a_long_chain(tmp_path):
     rec = read(tmp_path, png_with(text_chunk("prompt", json.dumps(nodes))))
     no_budget_error(rec)
     assert (rec["model_name"], rec["seed"], rec["steps"]) == ("deep.safetensors", 3, 9)
+
+
+def test_a_huge_image_keeps_its_metadata_and_gets_a_thumbnail(tmp_path):
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox\nSteps: 20, Seed: 1")
+    path = tmp_path / "upscaled.png"  # 8192 x 8192 RGBA: its pixels alone are 256 MiB
+    Image.fromarray(np.zeros((8192, 8192, 4), dtype=np.uint8), "RGBA").save(path, pnginfo=info, compress_level=1)
+    rec = extract_within_budget(path, budget=Budget(seconds=30))
+    assert (rec["steps"], rec["error"]) == (20, None) and rec["blurhash"]
+    slow = extract_within_budget(path, budget=Budget(seconds=0.3))  # out of time in the pixels: text kept
+    assert slow["steps"] == 20 and slow["blurhash"] is None and "time budget" in slow["error"]

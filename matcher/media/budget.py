@@ -7,7 +7,9 @@ worker process that
 - stops itself when the file has used ``seconds`` of CPU (``ITIMER_PROF``; the regex engine and
   Python code check for the signal), and
 - may grow its address space by at most ``memory`` bytes plus the bytes of the file it holds
-  (``RLIMIT_AS`` set per file; past it an allocation fails with ``MemoryError``).
+  (``RLIMIT_AS`` set per file; past it an allocation fails with ``MemoryError``), plus what the
+  image decoders ask for their pixels through ``allow_pixels`` (at most ``pixels`` bytes: an
+  8192 x 8192 upscale still gets its thumbnail).
 
 Either way the file is recorded with an error (``BUDGET_TIME_ERROR``, ``BUDGET_MEMORY_ERROR``)
 and the worker goes on with the next. A worker that does not answer within a wall-clock
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 FILE_SECONDS = 2.0
 #: bytes of memory one file may take beyond the worker's own and the file's bytes
 FILE_MEMORY = 256 * 1024 * 1024
+#: bytes more that decoded pixels may take (``allow_pixels``): an 8192 x 8192 RGBA image and the
+#: premultiplied copy Pillow resizes it through
+FILE_PIXELS = 512 * 1024 * 1024
 BUDGET_TIME_ERROR = "over the time budget ({seconds:g} s of CPU); not read"
 BUDGET_MEMORY_ERROR = "over the memory budget ({megabytes} MiB); not read"
 WORKER_DIED_ERROR = "the reader stopped on this file ({why}); not read"
@@ -44,6 +49,7 @@ class Budget:
     seconds: float = FILE_SECONDS
     memory: int = FILE_MEMORY
     wall: float | None = None
+    pixels: int = FILE_PIXELS
 
     @property
     def backstop(self) -> float:
@@ -51,8 +57,14 @@ class Budget:
         return self.wall if self.wall is not None else max(10.0, 5 * self.seconds)
 
 
-class _OverTime(BaseException):
-    """Raised by the CPU timer; a BaseException, so the parsers' ``except Exception`` lets it through."""
+class OverTime(BaseException):
+    """Raised by the CPU timer; a BaseException, so the parsers' ``except Exception`` lets it through.
+
+    The timer fires once: code that catches it (the thumbnail, the last and heaviest step) keeps
+    what was read before and finishes without a timer (the wall-clock backstop still holds)."""
+
+
+_OverTime = OverTime
 
 
 def _on_prof(signum: int, frame: Any) -> None:
@@ -67,15 +79,33 @@ def _address_space() -> int:
         return 0
 
 
+#: the memory cap of the call running in this worker: {"cap", "hard", "left"} (None outside one)
+_current: dict[str, int] | None = None
+
+
+def allow_pixels(nbytes: int) -> None:
+    """Inside a budgeted call, let the file use ``nbytes`` more for decoded pixels (in all at most the
+    budget's ``pixels``). Outside one (the Python API, the tests) it does nothing."""
+    if _current is None or nbytes <= 0:
+        return
+    grant = min(nbytes, _current["left"])
+    if grant > 0:
+        _current["left"] -= grant
+        _current["cap"] += grant
+        resource.setrlimit(resource.RLIMIT_AS, (_current["cap"], _current["hard"]))
+
+
 def _run_one(task: Callable[..., Any], args: tuple, size: int, budget: Budget) -> tuple[str, Any]:
     """Run ``task(*args)`` within the budget: ("ok", result) or ("error", message)."""
+    global _current
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     base = _address_space()
     limited = False
     if base:
         cap = base + budget.memory + max(0, size)
-        if hard == resource.RLIM_INFINITY or cap < hard:
+        if hard == resource.RLIM_INFINITY or cap + budget.pixels < hard:
             resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+            _current = {"cap": cap, "hard": hard, "left": budget.pixels}
             limited = True
     signal.setitimer(signal.ITIMER_PROF, budget.seconds)
     try:
@@ -87,6 +117,7 @@ def _run_one(task: Callable[..., Any], args: tuple, size: int, budget: Budget) -
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         if limited:
+            _current = None
             resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from matcher.sniff import sniff_magic
 
+from .budget import allow_pixels
+
 log = logging.getLogger(__name__)
 
 #: cap on one decompressed text chunk (zTXt/iTXt) and on the stealth payload
@@ -432,6 +434,7 @@ def _stealth_from_data(data: bytes, c: Containers) -> None:
                 return
             if im.width * im.height > MAX_STEALTH_PIXELS:
                 return
+            allow_pixels(im.width * im.height * 8)  # the decode and its RGBA copy, within the file's budget
             im.load()
             rgba = im if im.mode == "RGBA" else im.convert("RGBA")
             text = read_stealth(rgba)

@@ -7,6 +7,8 @@ import warnings
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .budget import OverTime, allow_pixels
+
 log = logging.getLogger(__name__)
 
 THUMB_SIZE = 256
@@ -25,6 +27,8 @@ def thumbnail_and_blurhash(data: bytes, *, thumb_size: int = THUMB_SIZE) -> tupl
             with Image.open(io.BytesIO(data)) as im:
                 if im.format == "JPEG":
                     im.draft("RGB", (thumb_size, thumb_size))
+                # the decode and the premultiplied copy an RGBA resize makes, within the file's budget
+                allow_pixels(im.size[0] * im.size[1] * 8 + (32 << 20))
                 im.seek(0)
                 small = im.copy() if im.size[0] * im.size[1] <= thumb_size * thumb_size else None
                 if small is None:
@@ -40,6 +44,8 @@ def thumbnail_and_blurhash(data: bytes, *, thumb_size: int = THUMB_SIZE) -> tupl
                 bh = blurhash.encode(np.asarray(tiny), components_x=BLURHASH_COMPONENTS[0],
                                      components_y=BLURHASH_COMPONENTS[1])
                 return bh, buf.getvalue(), None
+    except OverTime:  # the file's metadata is read already: keep it, without a thumbnail
+        return None, None, "no thumbnail: over the time budget"
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return None, None, f"decompression bomb: {exc}"
     except Exception as exc:  # truncated, broken, unknown format: record and go on
