@@ -29,7 +29,7 @@ QUICK_RETRY = 0.02  # seconds: the first back-off of a failure while other reque
 MAX_PENALTY = 2.0  # seconds: the widest request interval a 429 sets
 CUT = 0.85  # a new 429 slows the requests to this share of their rate
 RELAX = 0.98  # and each success shortens the request interval by this factor
-MIN_PENALTY = 0.001
+MIN_PENALTY = 0.0001  # seconds: a 429 caps the rate at 10,000 requests a second at least
 MAX_RETRY_AFTER = 600.0
 
 
@@ -129,7 +129,7 @@ class RateLimiter:
         self.failures = 0
         self.successes += 1
         if self.penalty or self.pause:
-            self.penalty = self.penalty * RELAX if self.penalty > 0.0005 else 0.0
+            self.penalty = self.penalty * RELAX if self.penalty > MIN_PENALTY / 2 else 0.0
             self.pause = self.pause / 2 if self.pause > FIRST_PAUSE / 2 else 0.0
 
 
