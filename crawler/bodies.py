@@ -22,6 +22,7 @@ DEFAULT_MAX_BODY = 100 * MB  # an API answer (held in memory; a real batch page 
 DEFAULT_MAX_IMAGE = 500 * MB  # one preview image or video (streamed to disk)
 ACCEPT_ENCODING = "gzip, deflate"  # what BodyReader can inflate; sent with every request
 CHUNK = 1 << 16
+MAX_MEMBERS = 1000  # gzip members in one body (a real answer has one)
 
 
 class Refused(Exception):
@@ -57,6 +58,7 @@ class Inflater:
         self.limit = limit
         self.what = what
         self.produced = 0
+        self.members = 1
         self._d = None
         self._head = b""  # deflate: the first bytes, to tell a zlib stream from a raw one
 
@@ -92,6 +94,9 @@ class Inflater:
                     data = self._d.unused_data
                     if self.kind != "gzip" or not data.startswith(b"\x1f\x8b"):
                         break  # trailing bytes after the stream: ignored, as gzip readers do
+                    self.members += 1
+                    if self.members > MAX_MEMBERS:  # a flood of empty members: bounded work
+                        raise Refused(f"gzip body of more than {MAX_MEMBERS} members")
                     self._d = self._new(data)  # a multi-member gzip file: the next member
                 else:
                     data = self._d.unconsumed_tail

@@ -75,6 +75,14 @@ async def test_compressed_answers_are_inflated(fake, encoding):
     assert resp.outcome == "ok" and resp.data == make_model(2)
 
 
+async def test_a_flood_of_empty_gzip_members_is_refused(fake):
+    fake.script("/api/v1/models/2", [("raw", "application/json", gzip.compress(b"") * 2000 + gzip.compress(b"{}"),
+                                      {"Content-Encoding": "gzip"})])
+    async with CivitaiClient([fake.api_base], retries=0) as client:
+        resp = await client.get_json(f"{fake.api_base}/models/2")
+    assert resp.outcome == "error" and "more than 1000 members" in resp.reason
+
+
 async def test_an_unknown_encoding_or_a_damaged_stream_is_an_error(fake):
     fake.script("/api/v1/models/2", [("raw", "application/json", b"xx", {"Content-Encoding": "br"})])
     fake.script("/api/v1/models/4", [("raw", "application/json", b"\x1f\x8b\x08garbage",

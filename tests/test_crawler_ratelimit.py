@@ -109,3 +109,19 @@ def test_a_sustained_rate_limit_slows_the_crawl_and_loses_nothing(fake_civitai, 
     assert (out / "errors.txt").read_text() == ""
     for name, data in json_files(out).items():
         assert json.loads(data)["id"] == int(name.split("/")[1][:8])
+
+
+def test_a_path_that_always_answers_429_ends_as_an_error_after_a_bounded_number_of_tries(fake_civitai, tmp_path):
+    """Its 429s grow the pause to the ceiling (no retry spent on the way), then cost retries: the id
+    ends in errors.txt after --retries + the doublings to the ceiling + 1 attempts, the others are saved."""
+    from tests.test_crawler_crawl import run_crawl
+
+    fake_civitai.add_models(make_model(i) for i in (1, 2, 3))
+    fake_civitai.script("/api/v1/models/2", [429] * 50)
+    out = tmp_path / "d"
+    summary = run_crawl(fake_civitai, out, "--start", "1", "--end", "3", "--per-id", "--threads", "1",
+                        "--sleep-429", "0.4", "--retries", "2")
+    assert (summary["found"], summary["errors"]) == (2, 1)
+    assert log_ids(out, "errors.txt") == [2] and "HTTP 429" in (out / "errors.txt").read_text()
+    steps = RateLimiter(ceiling=0.4).steps  # 0.1 -> 0.2 -> 0.4
+    assert steps == 3 and fake_civitai.count("/api/v1/models/2") == 2 + steps + 1
