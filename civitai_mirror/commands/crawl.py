@@ -34,8 +34,8 @@ def _client_options(f):
                      help="First back-off in seconds when requests keep failing (doubles per retry, with "
                           f"jitter, cap 30); a failure while others succeed is retried after {QUICK_RETRY:g} s."),
         click.option("--sleep-429", type=float, default=30.0, show_default=True,
-                     help="Longest pause of the whole crawl after 429s without Retry-After (the first is "
-                          f"{FIRST_PAUSE:g} s, doubling while 429s continue)."),
+                     help="Longest pause of the whole crawl while 429s without Retry-After continue with no "
+                          f"success between them (the first is {FIRST_PAUSE:g} s, doubling up to this)."),
         click.option("--max-body-mb", type=click.FloatRange(0, min_open=True), default=DEFAULT_MAX_BODY / MB,
                      show_default=True,
                      help="Largest API answer in MB, compressed or inflated; a larger one is an error for its ids."),
