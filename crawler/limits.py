@@ -14,8 +14,8 @@ Three things adapt to what the server answers, for all workers together:
   converges on a server's real rate limit (about one request in ten answered 429 there), while
   random 429s below that share leave it near zero. ``max_rps`` is a floor.
 * **How soon another failure is retried** (5xx, timeouts, bad bodies): while other requests keep
-  succeeding (fewer consecutive failures than workers) a failure is a fluke and is retried after
-  ``QUICK_RETRY`` seconds; when everything fails the client waits the long back-off.
+  succeeding (fewer consecutive failures than workers) a failure is a fluke and is retried within
+  ``QUICK_RETRY`` seconds (doubling); when everything fails the client waits the long back-off.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class RateLimiter:
         elif done == 0 or self.pause:  # 429s with no success between them: pause everybody
             self.pause = min(max(self.pause * 2, FIRST_PAUSE), self.ceiling)
             self._pause_until(now + self.pause)
-        # else an isolated 429 (the workers' worth of successes since the last): the interval is enough
+        # else a 429 after some success since the last one: the wider interval is the whole reaction
 
     def _pause_until(self, until: float) -> None:
         now = time.monotonic()
