@@ -2,8 +2,15 @@
 
 The one place that turns rows back into Civitai's JSON shapes: ``model_answer`` is
 ``GET /api/v1/models/{id}``, ``version_answer`` is ``GET /api/v1/model-versions/{id}`` (and the
-by-hash answers). The API routes (mirror.api) call these; a change in how the rows store the JSON
-changes only this module.
+by-hash answers). The API routes (mirror.api) call these.
+
+Each thing is stored once, as the community archive does: ``models.data`` is the model without
+``modelVersions``, ``model_versions.data`` the version without ``files`` and ``model`` (its files
+are ``model_files`` rows, ``position`` their order; NULL for a file only older answers listed).
+A version whose files cannot all be rows (a file without an id) keeps its ``files`` in its data, as
+do versions written before this layout. ``model_snapshots.data`` of the answer the rows give back
+exactly is ``ANSWER_IN_ROWS``; ``snapshot_from_rows`` turns it back into the answer when a newer
+one supersedes it.
 """
 from __future__ import annotations
 
@@ -11,6 +18,40 @@ import sqlite3
 from typing import Any
 
 import orjson
+
+
+ANSWER_IN_ROWS = '{"$answer":"rows"}'  # model_snapshots.data: this answer is the current rows
+
+
+def files_as_rows(version: dict) -> bool:
+    """Whether a version's ``files`` are stored as ``model_files`` rows only (each has an id)."""
+    files = version.get("files")
+    return isinstance(files, list) and all(
+        isinstance(f, dict) and type(f.get("id")) is int for f in files)
+
+
+def stored_version(version: dict) -> dict:
+    """What ``model_versions.data`` holds of a version: no ``model``, no ``files`` when rows."""
+    rows = files_as_rows(version)
+    if not rows and "model" not in version:
+        return version
+    return {k: v for k, v in version.items() if k != "model" and not (rows and k == "files")}
+
+
+def with_files(version: dict, files: list[dict]) -> dict:
+    """A stored version and its files rows (in order) as Civitai answered it."""
+    if "files" in version:  # kept in the data (written before this layout, or files without ids)
+        return version
+    return {**version, "files": files}
+
+
+def _listed_files(conn: sqlite3.Connection, column: str, key: int) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for version_id, data in conn.execute(
+            f"SELECT version_id, data FROM model_files WHERE {column} = ? "
+            "AND position IS NOT NULL ORDER BY version_id, position", (key,)):
+        out.setdefault(version_id, []).append(orjson.loads(data))
+    return out
 
 
 def _model_brief(model_data: dict, mode: str | None) -> dict[str, Any]:
@@ -29,15 +70,23 @@ def model_answer(conn: sqlite3.Connection, model_id: int) -> dict[str, Any] | No
     if row is None:
         return None
     model = orjson.loads(row[0])
+    files = _listed_files(conn, "model_id", model_id)
     versions = []
-    for (data,) in conn.execute(
-            "SELECT data FROM model_versions WHERE model_id = ? AND _archived = 0 "
+    for version_id, data in conn.execute(
+            "SELECT id, data FROM model_versions WHERE model_id = ? AND _archived = 0 "
             "ORDER BY position, id DESC", (model_id,)):
         version = orjson.loads(data)
         version.pop("model", None)
-        versions.append(version)
+        versions.append(with_files(version, files.get(version_id, [])))
     model["modelVersions"] = versions
     return model
+
+
+def snapshot_from_rows(conn: sqlite3.Connection, model_id: int) -> bytes | None:
+    """The answer a model's ``ANSWER_IN_ROWS`` snapshot stands for, as JSON in the snapshots' own
+    form (keys sorted: the same text, hence the same ``sha``, as when it was read); None: no rows."""
+    model = model_answer(conn, model_id)
+    return None if model is None else orjson.dumps(model, option=orjson.OPT_SORT_KEYS)
 
 
 def version_answer(conn: sqlite3.Connection, version_id: int,
@@ -52,7 +101,8 @@ def version_answer(conn: sqlite3.Connection, version_id: int,
         "JOIN models m ON m.id = v.model_id WHERE v.id = ?", (version_id,)).fetchone()
     if row is None:
         return None
-    version = orjson.loads(row[0])
+    version = with_files(orjson.loads(row[0]),
+                         _listed_files(conn, "version_id", version_id).get(version_id, []))
     model_data = orjson.loads(row[2])
     out = {"id": version_id, "modelId": row[1]}
     out.update({k: v for k, v in version.items() if k not in ("id", "modelId", "model")})

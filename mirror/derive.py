@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 import orjson
 
+from mirror.answers import files_as_rows, stored_version, with_files
 from mirror.dump_reader import Snapshot
 from mirror.hashes import canonical_type
 
@@ -38,7 +39,7 @@ ROW_COLUMNS = {name: cols.split() for name, cols in {
         downloadCount thumbsUpCount thumbsDownCount downloadUrl _archived _first_seen _last_seen
         data""",
     "model_files": """id model_id version_id type sha256 created_at updated_at name sizeKB primary
-        format size fp pickleScanResult virusScanResult downloadUrl _archived data""",
+        format size fp pickleScanResult virusScanResult downloadUrl position _archived data""",
     "images": """id version_id model_id position url width height nsfwLevel nsfw hash type hasMeta
         meta""",
 }.items()}
@@ -133,6 +134,7 @@ class ModelRows:
     archived: list[tuple]  # archived_model_files (file_id, model_id, version_id)
     tags: list[str]
     creator: tuple | None  # (username, image)
+    answer_sha: str | None = None  # the snapshot these rows give back exactly (stored as a marker)
 
 
 def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | None:
@@ -203,6 +205,15 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
                             image = {**image, "meta": old[0]["meta"]}
                         images[iid] = (image, vid, image_position)
 
+    # A version's files are its newest data's list, in that order (model_files.position); a file
+    # only older answers listed keeps its row with position NULL.
+    file_position: dict[int, int] = {}
+    for vid, (version, *_rest) in versions.items():
+        if not files_as_rows(version):
+            continue
+        for index, file in enumerate(version["files"]):
+            files[file["id"]] = (file, vid)
+            file_position[file["id"]] = index
     current_versions = {v["id"] for v in current.get("modelVersions") or []
                         if isinstance(v, dict) and isinstance(v.get("id"), int)}
     current_files = {f["id"] for v in current.get("modelVersions") or [] if isinstance(v, dict)
@@ -258,7 +269,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             _int(vget("downloadCount")), _int(vget("thumbsUpCount")),
             _int(vget("thumbsDownCount")), vg("downloadUrl"),
             0 if vid in current_versions else 1, v_first, v_last,
-            _json(version),
+            _json(stored_version(version)),
         ))
     file_rows, hash_rows, archived_rows = [], [], []
     for fid, (file, vid) in files.items():
@@ -277,7 +288,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             fid, model_id, vid, fg("type") or "", canon.get("SHA256"), created_at, updated_at,
             fg("name"), _num(fg("sizeKB")), _bool(fg("primary")), mg("format"), mg("size"),
             mg("fp"), fg("pickleScanResult"), fg("virusScanResult"), fg("downloadUrl"),
-            archived, _json(file),
+            file_position.get(fid), archived, _json(file),
         ))
         if archived:
             archived_rows.append((fid, model_id, vid))
@@ -298,5 +309,22 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             _json(meta) if meta else None,
         ))
     creator_row = (username, creator.get("image")) if username else None
+    answer_sha = None
+    if full and _rows_give_back(current, model_data, versions, files, current_versions):
+        answer_sha = full[-1].sha
     return ModelRows(model_id, model, version_rows, file_rows, hash_rows, image_rows,
-                     archived_rows, tags, creator_row)
+                     archived_rows, tags, creator_row, answer_sha)
+
+
+def _rows_give_back(current: dict, model_data: dict, versions: dict, files: dict,
+                     current_ids: set) -> bool:
+    """Whether mirror.answers reassembles exactly ``current`` from the rows written for it."""
+    order = sorted(current_ids, key=lambda vid: (versions[vid][1], -vid))
+    assembled = []
+    for vid in order:
+        version = versions[vid][0]
+        if files_as_rows(version) and any(files.get(f["id"], (None, None))[1] != vid
+                                          for f in version["files"]):
+            return False  # a file listed by two versions: its row names one
+        assembled.append(with_files(stored_version(version), version.get("files") or []))
+    return {**model_data, "modelVersions": assembled} == current

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from mirror.derive import ModelRows, derive_model, json_text
 from mirror.dump_reader import Snapshot, parse_document
-from mirror.writer import INSERT_SQL, BuildSummary, Writer, snapshot_row
+from mirror.writer import INSERT_SQL, BuildSummary, Writer, mark_in_rows, snapshot_row
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,6 @@ def load_files(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildS
             log.info("%s: %s (skipped)", rel, why)
         summary.files_read += result.files_read
         summary.skipped += len(result.skips)
-        writer.insert_snapshots(result.snapshots)
-        conn.executemany(INSERT_SQL["_sources"], result.sources)
         now_ids, now_rows = [], []
         for model_id, rows in result.derived.items():
             if model_id in skip or model_id in seen_this_build or model_id in deferred:
@@ -109,6 +107,8 @@ def load_files(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildS
             if rows is not None:
                 now_rows.append(rows)
         seen_this_build.update(result.derived)
+        writer.insert_snapshots(mark_in_rows(result.snapshots, now_rows))
+        conn.executemany(INSERT_SQL["_sources"], result.sources)
         writer.write_models(now_ids, now_rows, clean=False)
         conn.commit()
         done += len(task)
@@ -120,6 +120,7 @@ def load_files(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildS
 def rederive(writer: Writer, ids: list[int]) -> None:
     for start in range(0, len(ids), 500):
         part = ids[start:start + 500]
+        writer.restore_answers(part)  # every snapshot as JSON while the rows still stand for one
         loaded = writer.load_snapshots(part)
         rows = [r for r in (derive_model(mid, loaded.get(mid, [])) for mid in part)
                 if r is not None]

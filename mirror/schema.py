@@ -207,6 +207,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
             "created_at": int, "updated_at": int,
             "name": str, "sizeKB": float, "primary": int, "format": str, "size": str, "fp": str,
             "pickleScanResult": str, "virusScanResult": str, "downloadUrl": str,
+            "position": int,  # order in its version's files; NULL: only older answers listed it
             "_archived": int,
             "data": str,
         },

@@ -2,7 +2,9 @@
 
 A ``Writer`` holds the open connection, the tag ids and the build's counts while a build runs.
 ``write_models(clean=True)`` first removes what those models had (re-derivation); outside a fresh
-build it keeps ``models_fts`` in step. A fresh build loads into :func:`open_load_db` (no journal,
+build it keeps ``models_fts`` in step. The snapshot the rows give back exactly is stored as
+``ANSWER_IN_ROWS`` (mirror.answers): ``mark_in_rows`` on insert, ``restore_answers`` turns it back
+into JSON before the rows change, ``write_models(clean=True)`` marks the new one. A fresh build loads into :func:`open_load_db` (no journal,
 no secondary indexes) and builds its indexes once at the end (:func:`index_loaded`).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import orjson
 import sqlite_utils
 
+from mirror.answers import ANSWER_IN_ROWS, snapshot_from_rows
 from mirror.derive import ROW_COLUMNS, ModelRows
 from mirror.dump_reader import Snapshot
 from mirror.schema import CIVITAI_SCHEMA, apply_schema
@@ -61,6 +64,14 @@ _LOAD_SCHEMA = {name: {k: v for k, v in spec.items() if k != "indexes"}
 _CHILD_TABLES = ("model_versions", "model_files", "file_hashes", "images", "archived_model_files")
 
 
+def mark_in_rows(snap_rows: list[tuple], rows: list[ModelRows]) -> list[tuple]:
+    """``snapshot_row`` tuples with the data of each answer ``rows`` give back as the marker."""
+    marks = {(r.model_id, r.answer_sha) for r in rows if r.answer_sha}
+    if not marks:
+        return snap_rows
+    return [row[:-1] + (ANSWER_IN_ROWS,) if (row[0], row[1]) in marks else row for row in snap_rows]
+
+
 def snapshot_row(s: Snapshot) -> tuple:
     return (s.model_id, s.sha, s.fetched_at, s.kind,
             (s.data or {}).get("mode") if s.kind == "model" else None,
@@ -89,6 +100,7 @@ class Writer:
         """Write derived rows; ``clean`` first removes what these models had (re-derivation)."""
         conn = self.conn
         if clean and model_ids:
+            self.restore_answers(model_ids)
             for start in range(0, len(model_ids), 500):
                 ids = model_ids[start:start + 500]
                 marks = ",".join("?" * len(ids))
@@ -134,7 +146,24 @@ class Writer:
                     "INSERT INTO models_fts(rowid, name, description_text, tags) SELECT rowid, "
                     f"name, description_text, tags FROM models WHERE id IN ({','.join('?' * len(part))})",
                     part)
+        if clean:
+            conn.executemany(f"UPDATE model_snapshots SET data = '{ANSWER_IN_ROWS}' "
+                             "WHERE model_id = ? AND sha = ?",
+                             [(r.model_id, r.answer_sha) for r in rows if r.answer_sha])
         self.summary.models_rebuilt += len(rows)
+
+    def restore_answers(self, model_ids: list[int]) -> None:
+        """Store as JSON the answers these models' rows stand for (before the rows change)."""
+        for start in range(0, len(model_ids), 500):
+            ids = model_ids[start:start + 500]
+            marked = self.conn.execute(
+                "SELECT model_id, sha FROM model_snapshots WHERE model_id IN "
+                f"({','.join('?' * len(ids))}) AND data = ?", [*ids, ANSWER_IN_ROWS]).fetchall()
+            for model_id, sha in marked:
+                text = snapshot_from_rows(self.conn, model_id)
+                if text is not None:
+                    self.conn.execute("UPDATE model_snapshots SET data = CAST(? AS TEXT) "
+                                      "WHERE model_id = ? AND sha = ?", (text, model_id, sha))
 
     def load_snapshots(self, model_ids: list[int]) -> dict[int, list[Snapshot]]:
         out: dict[int, list[Snapshot]] = {}
