@@ -11,7 +11,6 @@ leading bytes (magic numbers) count as an image or a video. Nothing else is ever
 """
 from __future__ import annotations
 
-import json
 import zlib
 from typing import AsyncIterator
 
@@ -156,19 +155,6 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     reader = BodyReader(resp, limit)
     parts = [chunk async for chunk in reader.chunks()]
     return b"".join(parts)
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def loads_lone_surrogates(body: bytes) -> object:
-    """Parse JSON that orjson refuses for a lone surrogate escape (``"\\ud83d"``) with the standard
-    library, which keeps it; NaN/Infinity, bad UTF-8 and nesting too deep raise ValueError."""
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deep") from None
 
 
 # -- images and videos -------------------------------------------------------------------------

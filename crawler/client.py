@@ -45,7 +45,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type
 from yarl import URL
 
 from crawler.bodies import (ACCEPT_ENCODING, DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGE, MAGIC_BYTES, BodyReader,
-                            Corrupt, Refused, loads_lone_surrogates, media_content_type, media_kind, read_body)
+                            Corrupt, Refused, media_content_type, media_kind, read_body)
+from crawler.layout import loads_lone_surrogates
 from crawler.limits import QUICK_RETRY, RateLimiter, parse_retry_after
 
 

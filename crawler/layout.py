@@ -61,3 +61,16 @@ def dumps(data: object) -> bytes:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str from JSON, only a lone one is left
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_lone_surrogates(body: bytes) -> object:
+    """Parse JSON that orjson refuses for a lone surrogate escape (``"\\ud83d"``) with the standard
+    library, which keeps it; NaN/Infinity, bad UTF-8 and nesting too deep raise ValueError."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None

@@ -16,8 +16,10 @@ classified by ``parse_document``, by what they hold rather than where they lie:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,7 +27,7 @@ from typing import Any, Iterator
 import orjson
 
 from crawler.clock import utc_iso
-from crawler.layout import MODEL_FILE, SIDE_FILE
+from crawler.layout import MODEL_FILE, SIDE_FILE, loads_lone_surrogates
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +87,35 @@ def iter_dump_files(dump: Path) -> Iterator[tuple[str, os.stat_result]]:
     yield from found
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _loads(raw: bytes) -> tuple[Any, bytes]:
+    """(document, its JSON as valid UTF-8). A body with a lone surrogate escape (``"\\ud83d"``, an emoji
+    cut in half upstream) is valid JSON the crawler keeps as received; SQLite text cannot hold the
+    surrogate, so the mirror's copy has U+FFFD in its place (the dump file stays as it was)."""
+    try:
+        return orjson.loads(raw), raw
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise ValueError(f"broken JSON: {exc}") from None
+    try:
+        doc = loads_lone_surrogates(raw)
+    except ValueError as exc:
+        raise ValueError(f"broken JSON: {exc}") from None
+    text = _LONE_SURROGATE.sub("\ufffd", json.dumps(doc, ensure_ascii=False))
+    return orjson.loads(text), text.encode("utf-8")
+
+
 def parse_document(raw: bytes, rel_path: str, mtime: float) -> tuple[list[Snapshot], str | None]:
     """Bytes of one dump file -> (snapshots, skip reason). Raises ValueError on broken JSON."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"broken JSON: {exc}") from None
+    whole_sha = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    doc, raw = _loads(raw)
     name = os.path.basename(rel_path)
     side = SIDE_FILE.match(name)
     main = MODEL_FILE.match(name)
     fetched_at = side_stamp_to_iso(side.group(2)) if side else utc_iso(mtime)
     name_id = int((side or main).group(1)) if (side or main) else None
-    whole_sha = hashlib.blake2b(raw, digest_size=16).hexdigest()
 
     if _is_model(doc):
         return [Snapshot(doc["id"], "model", fetched_at, rel_path, whole_sha, raw, doc)], None

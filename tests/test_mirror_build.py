@@ -354,3 +354,18 @@ def test_worker_processes_build_the_same_rows(tmp_path):
     again = build_mirror(dump, pooled)  # the merged _sources make the next build incremental
     assert (again.files_read, again.files_unchanged, again.errors, again.models_rebuilt) == (
         0, b.files_read + len(b.errors) - 1, b.errors, 0)  # only the broken file is tried again
+
+
+def test_a_record_with_a_lone_surrogate_is_built_not_refused(tmp_path):
+    """The crawler keeps such a body as received (valid JSON); the mirror holds it, U+FFFD in place."""
+    dump = tmp_path / "dump"
+    path = dump / "00000000" / "00000042.json"
+    path.parent.mkdir(parents=True)
+    body = ('{"id": 42, "name": "Cut \\ud83d emoji", "type": "LORA", "modelVersions": [{"id": 4201, '
+            '"modelId": 42, "name": "v1", "files": [], "images": []}]}')
+    path.write_text(body, encoding="ascii")
+    result = CliRunner().invoke(cli, ["build", str(dump), "--db", str(tmp_path / "c.sqlite")])
+    assert result.exit_code == 0, result.output
+    name = sqlite3.connect(tmp_path / "c.sqlite").execute("select name from models where id = 42").fetchone()[0]
+    assert name == "Cut \ufffd emoji"
+    assert path.read_text(encoding="ascii") == body  # the dump keeps what was received
