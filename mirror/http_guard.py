@@ -3,9 +3,9 @@
 An ASGI wrapper around Datasette. A browser page on another site can point its own host name at
 127.0.0.1 (DNS rebinding) and read the served pages as its own; it cannot make the browser send
 our host name, so a request whose ``Host`` is not one the server answers to gets 400. A request
-body (the by-hash POST is the only one the API takes; 100 hashes are 7 KB) is read here, at most
-``MAX_BODY_BYTES`` and within ``BODY_TIMEOUT_S``, before Datasette sees it: a larger one is 413,
-a slow one 408, and neither is ever parsed.
+body (the by-hash POSTs are the only ones the API takes; 100 hashes are 7 KB) is read here, at most
+``MAX_BODY_BYTES`` (``BODY_CAPS`` for the paths that take more) and within ``BODY_TIMEOUT_S``,
+before Datasette sees it: a larger one is 413, a slow one 408, and neither is ever parsed.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import socket
 from typing import Any, Awaitable, Callable
 
 MAX_BODY_BYTES = 64 * 1024
+#: paths whose body may be larger: by-hash/ids takes up to 10 000 SHA256 (67 bytes each in JSON)
+BODY_CAPS = {"/api/v1/model-versions/by-hash/ids": 768 * 1024}
 BODY_TIMEOUT_S = 30
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 ANY_HOST = "*"
@@ -95,6 +97,7 @@ async def _read_body(receive: Callable, limit: int) -> bytes | None:
 def guard(app: ASGIApp, allow_host: Callable[[str], bool] | None,
           max_body: int = MAX_BODY_BYTES, body_timeout: float = BODY_TIMEOUT_S) -> ASGIApp:
     """``app`` answering only allowed Host headers, with request bodies read (and capped) first."""
+    default_max_body = max_body
 
     async def guarded(scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -106,6 +109,7 @@ def guard(app: ASGIApp, allow_host: Callable[[str], bool] | None,
             await send_error(send, 400, f"host {host or '(none)'!r} is not served here; "
                                         "start serve with --allow-host NAME to allow it")
             return
+        max_body = BODY_CAPS.get(scope.get("path", "").rstrip("/"), default_max_body)
         declared = headers.get(b"content-length", b"0").strip() or b"0"
         if not declared.isdigit():
             await send_error(send, 400, "bad Content-Length")

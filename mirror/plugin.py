@@ -1,17 +1,20 @@
 """Datasette plugin: Civitai-compatible API routes answered from the mirror, and offline previews.
 
-Routes (Civitai's JSON shapes, see mirror.api):
+Routes (Civitai's JSON shapes, see mirror.api and mirror.api_list; README.md lists their parameters):
 
-* ``GET /api/v1/models/{id}``
-* ``GET /api/v1/models?ids=1,2,3`` (also ``types``, ``username``, ``baseModels``, ``limit``, ``page``)
-* ``GET /api/v1/model-versions/{id}``
+* ``GET /api/v1/models/{id}``; ``GET /api/v1/models`` (filters, sort, page and cursor paging)
+* ``GET /api/v1/model-versions/{id}``, ``GET /api/v1/model-versions/mini/{id}``
 * ``GET /api/v1/model-versions/by-hash/{hash}`` (any hash type, through mirror.lookup)
 * ``POST /api/v1/model-versions/by-hash`` (JSON array of ≤100 SHA256; one answer per matched file)
+* ``POST /api/v1/model-versions/by-hash/ids`` (≤10 000 SHA256: ``[{modelVersionId, hash}]``)
+* ``GET /api/v1/creators``, ``/tags``, ``/enums``, ``/images`` (an empty page: not crawled)
+* any other ``/api/...``: 404 ``{"error": "Not found"}``, JSON like every answer there
 * ``GET /-/civitai-images/images/<block>/<file>``: a preview image saved by ``crawl --images``,
   only of the image and video types in ``MEDIA_TYPES`` (the extension came from a URL a stranger
   wrote), with ``X-Content-Type-Options: nosniff``
 
-Not found is 404 with Civitai's body; bad input is 400 ``{"error": "..."}``.
+Not found is 404 with Civitai's body (``No model with id N`` for models, ``Model not found`` for
+versions); bad input is 400 ``{"error": "..."}``.
 ``civitai-mirror serve`` registers this module; configuration (optional) under
 ``plugins: civitai-mirror:`` in the metadata: ``database`` (default: the one with ``file_hashes``)
 and ``dump_dir`` (default: the dump the database was built from, kept in ``_build_info``).
@@ -30,7 +33,7 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, library_view
+from mirror import api, api_list, library_view
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
@@ -86,60 +89,100 @@ async def _run(datasette, fn):
         return _error(str(exc), 400)
 
 
-async def _by_id(datasette, request, answer):
+def _base(request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def _by_id(datasette, request, answer, not_found=lambda object_id: "Model not found"):
     """One object by the id in the URL: 400 for a bad id, Civitai's 404 when the mirror lacks it."""
     try:
         object_id = api.parse_id(request.url_vars["id"])
     except api.BadRequest as exc:
         return _error(str(exc), 400)
+    base = _base(request)
 
     def fn(conn):
-        body = answer(conn, object_id)
+        body = answer(conn, object_id, base_url=base)
         if body is None:
-            return _error("Model not found", 404)
+            return _error(not_found(object_id), 404)
         return Response.json(body)
     return await _run(datasette, fn)
 
 
 async def model_view(datasette, request):
-    return await _by_id(datasette, request, api.model_response)
+    return await _by_id(datasette, request, api.model_response,
+                        lambda model_id: f"No model with id {model_id}")
 
 
-async def models_view(datasette, request):
-    args = {k: request.args.get(k) for k in request.args.keys()}
-    base = f"{request.scheme}://{request.host}"
+#: list parameters a client may repeat (``types=LORA&types=DoRA``) or comma-separate
+_REPEATABLE = ("ids", "types", "baseModels")
 
-    def fn(conn):
-        return Response.json(api.models_list(conn, args, base))
-    return await _run(datasette, fn)
+
+def _args(request) -> dict[str, str]:
+    return {k: (",".join(request.args.getlist(k)) if k in _REPEATABLE else request.args.get(k))
+            for k in request.args.keys()}
+
+
+def _list_view(answer):
+    async def view(datasette, request):
+        args, base = _args(request), _base(request)
+        return await _run(datasette, lambda conn: Response.json(answer(conn, args, base)))
+    return view
+
+
+models_view = _list_view(api_list.models_list)
+creators_view = _list_view(api_list.creators_list)
+tags_view = _list_view(api_list.tags_list)
+images_view = _list_view(api_list.images_list)
+
+
+async def enums_view(datasette, request):
+    return await _run(datasette, lambda conn: Response.json(api_list.enums(conn)))
 
 
 async def version_view(datasette, request):
     return await _by_id(datasette, request, api.version_response)
 
 
+async def mini_view(datasette, request):
+    return await _by_id(datasette, request,
+                        lambda conn, version_id, base_url: api.version_mini(conn, version_id))
+
+
 async def by_hash_view(datasette, request):
-    value = request.url_vars["hash"]
+    value, base = request.url_vars["hash"], _base(request)
 
     def fn(conn):
-        body = api.version_by_hash(conn, value)
+        body = api.version_by_hash(conn, value, base)
         if body is None:
             return _error("Model not found", 404)
         return Response.json(body)
     return await _run(datasette, fn)
 
 
-async def by_hash_post_view(datasette, request):
+async def _post_hashes(datasette, request, answer):
     if request.method != "POST":
         return _error("Use POST with a JSON array of SHA256 hashes", 405)
     try:
         body = json.loads((await request.post_body()) or b"null")
     except ValueError:
         return _error("body must be a JSON array of SHA256 hashes", 400)
+    return await _run(datasette, lambda conn: Response.json(answer(conn, body)))
 
-    def fn(conn):
-        return Response.json(api.versions_by_hashes(conn, body))
-    return await _run(datasette, fn)
+
+async def by_hash_post_view(datasette, request):
+    base = _base(request)
+    return await _post_hashes(datasette, request,
+                              lambda conn, body: api.versions_by_hashes(conn, body, base))
+
+
+async def by_hash_ids_view(datasette, request):
+    return await _post_hashes(datasette, request, api.version_ids_by_hashes)
+
+
+async def api_not_found_view(datasette, request):
+    """Any other ``/api/...`` path: JSON, as every answer under ``/api``."""
+    return _error("Not found", 404)
 
 
 async def _dump_dir(datasette) -> Path | None:
@@ -211,11 +254,18 @@ def handle_exception(datasette, request, exception):
 @hookimpl
 def register_routes(datasette):
     return [
-        (r"^/api/v1/models/(?P<id>[^/]+)$", model_view),
+        (r"^/api/v1/models/(?P<id>[^/]+)/?$", model_view),
         (r"^/api/v1/models/?$", models_view),
         (r"^/api/v1/model-versions/by-hash/?$", by_hash_post_view),
-        (r"^/api/v1/model-versions/by-hash/(?P<hash>[^/]+)$", by_hash_view),
-        (r"^/api/v1/model-versions/(?P<id>[^/]+)$", version_view),
+        (r"^/api/v1/model-versions/by-hash/ids/?$", by_hash_ids_view),
+        (r"^/api/v1/model-versions/by-hash/(?P<hash>[^/]+)/?$", by_hash_view),
+        (r"^/api/v1/model-versions/mini/(?P<id>[^/]+)/?$", mini_view),
+        (r"^/api/v1/model-versions/(?P<id>[^/]+)/?$", version_view),
+        (r"^/api/v1/creators/?$", creators_view),
+        (r"^/api/v1/tags/?$", tags_view),
+        (r"^/api/v1/images/?$", images_view),
+        (r"^/api/v1/enums/?$", enums_view),
+        (r"^/api/(?P<rest>.*)$", api_not_found_view),
         (r"^/-/civitai-images/(?P<path>.+)$", image_view),
     ]
 

@@ -107,7 +107,7 @@ async def test_api_post_by_hash(client):
 
 
 @pytest.mark.parametrize("method,path,body,status,error", [
-    ("get", "/api/v1/models/999", None, 404, "Model not found"),
+    ("get", "/api/v1/models/999", None, 404, "No model with id 999"),
     ("get", "/api/v1/model-versions/999", None, 404, "Model not found"),
     ("get", "/api/v1/model-versions/by-hash/0123456789", None, 404, "Model not found"),
     ("get", "/api/v1/models/abc", None, 400, None),
@@ -133,7 +133,7 @@ async def test_api_errors(client, method, path, body, status, error):
     if error:
         assert payload["error"] == error
     if status == 404 and "/models/" in path:
-        assert response.text == '{"error":"Model not found"}'  # byte-exact, like Civitai
+        assert response.text == json.dumps({"error": error}, separators=(",", ":"))  # byte-exact
 
 
 async def test_local_previews_offline(client):
@@ -211,7 +211,7 @@ def test_serve_over_real_http(mirror, tmp_path):
         assert json.loads(body)["id"] == 1011
         status, body = _get(base + "/api/v1/model-versions/by-hash", json.dumps(["A1" * 32]).encode())
         assert status == 200 and [v["id"] for v in json.loads(body)] == [1011]
-        assert _get(base + "/api/v1/models/999") == (404, b'{"error":"Model not found"}')
+        assert _get(base + "/api/v1/models/999") == (404, b'{"error":"No model with id 999"}')
         assert _get(base + "/api/v1/model-versions/by-hash/ffffffffff")[0] == 404
         assert _get(base + "/api/v1/models/-1")[0] == 400
         assert _get(base + "/-/civitai-images/images/00000000/5002.webp")[0] == 200
