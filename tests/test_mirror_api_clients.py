@@ -244,6 +244,9 @@ async def test_version_answers_have_the_real_key_set(samples_mirror, samples_cli
             assert answer["air"] == sample["air"]
             assert set(sample["model"]) <= set(answer["model"]) <= {*sample["model"], "minor", "mode"}
             assert set(answer["creator"]) == {"username", "image"}
+        posted = await samples_client.post("/api/v1/model-versions/by-hash", content=json.dumps(
+            [sample["files"][0]["hashes"]["SHA256"]]))
+        assert [set(v) for v in posted.json()] == [set(sample) | {"creator"}], name
 
 
 async def test_every_version_answer_has_the_endpoint_shape(samples_mirror, samples_client):
