@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+import orjson
+
 from mirror.answers import model_answer, version_answer
 from mirror.hashes import normalize_hash
 from mirror.lookup import files_for_sha256, lookup_with_conn
@@ -36,9 +38,9 @@ def parse_id(text: str, what: str = "id") -> int:
 # them as each endpoint answers (a version list entry inside a model differs from the version endpoint).
 
 #: keys a version has only inside a model's ``modelVersions`` (or only in the list), never on
-#: ``/model-versions/{id}`` and by-hash (the real 2025 answers in ../shared/civitai-samples)
-LIST_ONLY_VERSION_KEYS = ("index", "covered", "availability", "nsfwLevel", "supportsGeneration",
-                          "flags")
+#: ``/model-versions/{id}`` and by-hash (the real answers in ../shared/civitai-samples; ``availability``
+#: and ``nsfwLevel`` stay: the version endpoint answers them now, and typed clients require them)
+LIST_ONLY_VERSION_KEYS = ("index", "covered", "supportsGeneration", "flags")
 #: AIR's ecosystem by the start of ``baseModel`` (Civitai: ``urn:air:<ecosystem>:<type>:civitai:...``);
 #: another base model's ecosystem is its name in lower case without punctuation
 _ECOSYSTEMS = (("sd 1", "sd1"), ("sd 2", "sd2"), ("sd 3", "sd3"), ("sdxl", "sdxl"), ("pony", "sdxl"),
@@ -175,12 +177,16 @@ def version_mini(conn: sqlite3.Connection, version_id: int) -> dict[str, Any] | 
     primary = next((f for f in files if f.get("primary")), files[0] if files else {})
     metadata = primary.get("metadata") if isinstance(primary.get("metadata"), dict) else {}
     url = primary.get("downloadUrl") or version.get("downloadUrl")
+    model = conn.execute("SELECT data FROM models WHERE id = ?", (version["modelId"],)).fetchone()
+    model = orjson.loads(model[0]) if model else {}
     return {"air": version["air"], "versionName": version.get("name"),
             "modelName": (version.get("model") or {}).get("name"),
-            "baseModel": version.get("baseModel"),
-            "availability": conn.execute("SELECT availability FROM model_versions WHERE id = ?",
-                                         (version_id,)).fetchone()[0],
+            "baseModel": version.get("baseModel"), "availability": version.get("availability"),
+            "publishedAt": version.get("publishedAt"),
             "size": primary.get("sizeKB"), "fileType": primary.get("type"),
             "fileName": primary.get("name"), "hashes": primary.get("hashes") or {},
-            "downloadUrls": [url] if url else [], "format": metadata.get("format"),
-            "canGenerate": False, "requireAuth": False}
+            "downloadUrls": [url] if url else [], "format": metadata.get("format") or "Other",
+            "canGenerate": False, "isFeatured": False, "requireAuth": False,
+            "checkPermission": False, "earlyAccessEndsAt": version.get("earlyAccessEndsAt"),
+            "freeTrialLimit": None, "additionalResourceCharge": False,
+            "minor": bool(model.get("minor")), "sfwOnly": bool(model.get("sfwOnly"))}
