@@ -47,9 +47,13 @@ def with_files(version: dict, files: list[dict]) -> dict:
 
 def _listed_files(conn: sqlite3.Connection, column: str, key: int) -> dict[int, list[dict]]:
     out: dict[int, list[dict]] = {}
-    for version_id, data in conn.execute(
+    try:
+        listed = conn.execute(
             f"SELECT version_id, data FROM model_files WHERE {column} = ? "
-            "AND position IS NOT NULL ORDER BY version_id, position", (key,)):
+            "AND position IS NOT NULL ORDER BY version_id, position", (key,)).fetchall()
+    except sqlite3.OperationalError:  # a mirror built before model_files.position: files in data
+        return out
+    for version_id, data in listed:
         out.setdefault(version_id, []).append(orjson.loads(data))
     return out
 

@@ -111,3 +111,20 @@ def test_real_samples_answers(tmp_path, shared_dir):
     db = tmp_path / "civitai.sqlite"
     build_mirror(dump, db)
     assert check_answers_are_the_dump(dump, db) == set(models)
+
+
+def test_a_mirror_built_before_this_layout_answers_the_same(tmp_path):
+    """Versions that still hold their files (written before model_files.position) answer as they
+    did, also before the next build adds the column."""
+    dump = copy_dump(tmp_path / "dump")
+    db = tmp_path / "civitai.sqlite"
+    build_mirror(dump, db)
+    with sqlite3.connect(db) as conn:
+        want = model_answer(conn, 101)
+        for version in want["modelVersions"]:  # the old layout: files inside the version's data
+            conn.execute("UPDATE model_versions SET data = ? WHERE id = ?",
+                         (json.dumps(version), version["id"]))
+        conn.execute("ALTER TABLE model_files DROP COLUMN position")
+        assert model_answer(conn, 101) == want
+        assert version_answer(conn, want["modelVersions"][0]["id"])["files"] == \
+            want["modelVersions"][0]["files"]
