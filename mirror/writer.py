@@ -9,6 +9,7 @@ no secondary indexes) and builds its indexes once at the end (:func:`index_loade
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ from mirror.answers import ANSWER_IN_ROWS, snapshot_from_rows
 from mirror.derive import ROW_COLUMNS, ModelRows
 from mirror.dump_reader import Snapshot
 from mirror.schema import CIVITAI_SCHEMA, apply_schema
+
+log = logging.getLogger(__name__)
 
 # derive_model hands these JSON columns over as orjson's bytes: stored as TEXT by the INSERT
 _CAST_COLUMNS = frozenset({"data", "meta"})
@@ -172,6 +175,9 @@ class Writer:
             for model_id, sha, fetched_at, kind, path, text in self.conn.execute(
                     "SELECT model_id, sha, fetched_at, kind, path, data FROM model_snapshots "
                     f"WHERE model_id IN ({','.join('?' * len(ids))})", ids):
+                if text == ANSWER_IN_ROWS:  # restore_answers found no rows for it: nothing to read
+                    log.warning("model %s: snapshot %s stands for rows that are gone", model_id, sha)
+                    continue
                 data = orjson.loads(text) if kind != "notfound" else None
                 out.setdefault(model_id, []).append(
                     Snapshot(model_id, kind, fetched_at, path, sha, text, data))
