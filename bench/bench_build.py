@@ -342,6 +342,13 @@ NOTES = """
   of 43–56 µs (16 KiB: 232 MB, 50 µs); not kept (the lookup is what the matcher does per file).
 - Build: 5.7 s serial, 4.2 s with a worker, vs a 0.58 s parse (this run's parse is faster than the
   0.98–1.09 s of pass 4 on the same dump: the machine's state; the ratio moved less than the times).
+- Speed (≤ 5 not met: 9.9 serial, 7.3 with a worker). Profile of a serial build after this pass
+  (cProfile, 8.8 s under the profiler): `derive_model` 3.7 s cumulative (1.3 s its own code: the
+  per-image and per-file field reads, 3.3 M `dict.get`; `html_to_text` 0.29 s; orjson dumps 0.34 s;
+  the check that the rows give the answer back 0.1 s), SQLite row writes 1.2 s (`executemany`),
+  indexes + FTS rebuild ≈ 1 s, file reads 0.5 s, orjson parse 0.46 s. Storing once took ≈ 0.5–1 s
+  of writes off; the floor is the derive and the indexes the matcher and search need, each alone
+  near the whole 5× budget of a 0.58 s parse.
 
 ### Pass 4 (wall time on 2 cores): what changed and what was measured
 
