@@ -19,16 +19,19 @@ VERIFIED = {
     "Ktiseos-Nyx__Dataset-Tools/comfyui_json_usercomment_ifd0_TIPO.jpeg": {
         "model": "2025-03-04_07-24-12-save-580600-200-0.safetensors", "seed": 8871, "steps": 15,
         "sampler": None, "scheduler": None, "cfg": 3.5},
-    # the final KSamplerAdvanced 39 takes noise_seed from node 33 ("seed _O") and its model from
-    # Power Lora Loader 28 <- checkpoint 26; steps come from a MathExpression (not evaluated: None)
+    # seven save nodes; the longest chains (save 41: KSamplerAdvanced 76 -> LatentUpscaleBy -> 39) start at
+    # base pass 76 (noise_seed 83177023015004, 45 steps, model from Power Lora Loader 27 <- checkpoint 4);
+    # 39 continues the upscaled latent from step 15 and is a pass of its own, not the base (issue 14: until
+    # then the final pass's seed 714707219972545 and checkpoint tPonynai3_v65 were reported)
     "Ktiseos-Nyx__Dataset-Tools/comfyui_rgthree_power_lora_secret_chunk_bird1.png": {
-        "model": "Pony/Anime_2d/tPonynai3_v65.safetensors", "seed": 714707219972545, "steps": None,
+        "model": "Illustrious/novaFurryXL_illustriousV7b.safetensors", "seed": 83177023015004, "steps": 45,
         "sampler": "euler_ancestral", "scheduler": "karras", "cfg": 6.0},
     # SamplerCustom with SDTurboScheduler(steps=1) and KSamplerSelect(euler_ancestral)
     "comfyanonymous__ComfyUI_examples/sdturbo/sdxlturbo_example.png": {
         "model": "sd_xl_turbo_1.0_fp16.safetensors", "seed": 0, "steps": 1, "sampler": "euler_ancestral",
         "scheduler": None, "cfg": 1.0},
-    # the graph's final hires pass (node 24, denoise 0.54) is the only sampler fed by a single chain
+    # KSamplerAdvanced 58 (add_noise disabled) continues a composite of four samplers; the hires pass 24
+    # after it is the first pass of the chain that adds noise
     "d3x-at__sd-parsers/resources/parsers/ComfyUI/noisy_latents_3_subjects_cropped.png": {
         "model": "Anything-V3.0.ckpt", "seed": 1084614416978598, "steps": 9, "sampler": "sample_dpmpp_sde",
         "scheduler": "simple", "cfg": 5.5},

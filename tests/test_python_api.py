@@ -78,7 +78,7 @@ def test_extract_comprehensive_metadata_is_what_inspect_prints(world):
     assert rec["generation_tool"] and rec["seed"] == 1234 and rec["steps"] == 20
     assert [l["name"] for l in rec["loras"]] == ["add_detail"]
     assert rec["image_width"] == 64 and rec["blurhash"]
-    result = CliRunner().invoke(cli, ["inspect", "--json", str(path)])
+    result = CliRunner().invoke(cli, ["inspect", "--pixels", "--json", str(path)])
     assert result.exit_code == 0
     assert json.loads(result.stdout) == json.loads(json.dumps(rec))
     broken = world["media"].parent / "broken.png"

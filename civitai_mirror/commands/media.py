@@ -51,20 +51,22 @@ def extract(db_path: str, force: bool, keep_gps: bool, as_json: bool) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @json_option("one JSON object per file, one per line")
 @click.option("--keep-gps", is_flag=True, help="include GPS coordinates from EXIF")
-def inspect(files: tuple[str, ...], as_json: bool, keep_gps: bool) -> None:
+@click.option("--pixels", is_flag=True, help="also decode the pixels: BlurHash, and an error for an image that does not decode")
+def inspect(files: tuple[str, ...], as_json: bool, keep_gps: bool, pixels: bool) -> None:
     """Show the generation metadata of images (FILES, or every image and video in a folder), without any database.
 
-    Prints tool, prompts, parameters, LoRA usages, resources with hashes, BlurHash and EXIF facts.
+    Prints tool, prompts, parameters, the later sampler passes of a ComfyUI graph, LoRA usages, resources
+    with hashes and EXIF facts; only the metadata is read unless --pixels asks for the BlurHash too.
     Each file is read within a time and memory budget; a file past it is shown with the error.
 
     \b
     Example:
         civitai-mirror inspect image.png
         civitai-mirror inspect out/*.jpg --json
-        civitai-mirror inspect out/
+        civitai-mirror inspect out/ --pixels
     """
     paths, refused = _media_files(files)
-    for rec in extract_files_within_budget(paths, keep_gps=keep_gps):
+    for rec in extract_files_within_budget(paths, keep_gps=keep_gps, pixels=pixels):
         if as_json:
             click.echo(json.dumps(rec, ensure_ascii=False))
             continue
@@ -124,6 +126,13 @@ def _format_record(rec: dict) -> str:
         params = ", ".join(f"{k}: {rec[k]}" for k in fields if rec.get(k) is not None)
         if params:
             lines.append(params)
+        for p in rec.get("passes") or []:
+            bits = [f"{k}: {p[k]}" for k in ("seed", "steps", "sampler", "scheduler", "cfg_scale", "denoise", "model")
+                    if p.get(k) is not None]
+            lines.append(f"pass: {p['kind']} ({p['class_type']} {p['node']}" + (", no new noise" if not p["adds_noise"]
+                                                                                 else "") + ") " + ", ".join(bits))
+        if (rec.get("params") or {}).get("metadata_conflict"):
+            lines.append(f"note: {rec['params']['metadata_conflict']}")
         for lora in rec.get("loras") or []:
             lines.append(f"lora: {lora['name']} weight {lora['weight']:g} ({lora['context']})")
         for r in rec.get("resources") or []:

@@ -9,7 +9,7 @@ Public API (the CLI and the Python API of issue 8 wrap these):
   resources and media_info for every ``files`` row with kind='media'
 
 Layout: ``containers`` (PNG/JPEG/WebP/GIF/MP4/WebM/stealth readers), ``a1111`` (infotext), ``comfyui``
-(graph walk), ``invokeai`` (its three formats), ``json_generators`` (NovelAI, Fooocus, SwarmUI,
+(graph to record, with ``comfy_graph`` (links, walks) and ``comfy_chain`` (save node, passes)), ``invokeai`` (its three formats), ``json_generators`` (NovelAI, Fooocus, SwarmUI,
 EasyDiffusion), ``comfy_hosts`` (Civitai, TensorArt, Stability Matrix: their JSON beside a ComfyUI graph),
 ``text_generators`` (Draw Things' XMP, sidecar lines), ``parse`` (dispatch), ``normalise`` (record, LoRAs,
 canonical JSON), ``resource_list`` (resources merged through an index), ``imaging`` (BlurHash, thumbnail, EXIF facts), ``extract`` (files and the database),

@@ -43,6 +43,7 @@ class Containers:
     xmp: str | None = None
     stealth: str | None = None
     errors: list[str] = field(default_factory=list)
+    name: str | None = None  # the file's name: tells apart the save nodes of a ComfyUI graph
 
 
 def sniff_format(head: bytes) -> str | None:

@@ -80,6 +80,7 @@ def _extract(path: Path, *, thumbnail: bool = True, keep_gps: bool = False) -> t
     out["format"] = c.format
     out["image_width"], out["image_height"] = c.width, c.height
     try:
+        c.name = path.name
         rec = parse_containers(c)
     except MemoryError:
         raise  # over the file's memory budget: the budget records it
@@ -109,6 +110,7 @@ def _extract(path: Path, *, thumbnail: bool = True, keep_gps: bool = False) -> t
         out["resources"] = [{k: r.get(k) for k in ("kind", "name", "hash", "hash_kind", "weight", "version_id")}
                             for r in rec["resources"]]
         out["params"] = rec.get("params") or {}
+        out["passes"] = rec.get("passes") or []
         out["metadata_source"] = rec.get("metadata_source")
         out["metadata_hash"] = rec["metadata_hash"]
     else:
@@ -143,8 +145,8 @@ def extract_comprehensive_metadata(path: str | os.PathLike, *, keep_gps: bool = 
     return rec
 
 
-def _extract_job(path: str, keep_gps: bool) -> tuple[dict[str, Any], bytes | None]:
-    return _extract(Path(path), keep_gps=keep_gps)
+def _extract_job(path: str, keep_gps: bool, pixels: bool = True) -> tuple[dict[str, Any], bytes | None]:
+    return _extract(Path(path), thumbnail=pixels, keep_gps=keep_gps)
 
 
 def _over_budget(path: str, message: str) -> dict[str, Any]:
@@ -168,13 +170,14 @@ def extract_within_budget(path: str | os.PathLike, *, keep_gps: bool = False,
     return value[0] if status == "ok" else _over_budget(path, value)
 
 
-def extract_files_within_budget(paths: Iterable[str | os.PathLike], *, keep_gps: bool = False,
+def extract_files_within_budget(paths: Iterable[str | os.PathLike], *, keep_gps: bool = False, pixels: bool = True,
                                 budget: Budget = Budget()) -> Iterator[dict[str, Any]]:
-    """``extract_within_budget`` of each path, in order, by one worker process (what ``inspect`` runs)."""
+    """``extract_within_budget`` of each path, in order, by one worker process (what ``inspect`` runs).
+    Without ``pixels`` only the metadata is read: no decode, no ``blurhash``."""
     paths = [os.fspath(p) for p in paths]
     if not paths:
         return
-    jobs = ((i, (path, keep_gps), _size(path)) for i, path in enumerate(paths))
+    jobs = ((i, (path, keep_gps, pixels), _size(path)) for i, path in enumerate(paths))
     for i, status, value in run_budgeted(_extract_job, jobs, budget=budget, workers=1):
         yield value[0] if status == "ok" else _over_budget(paths[i], value)
 
@@ -264,6 +267,12 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
     return summary
 
 
+def _params(rec: dict[str, Any]) -> dict[str, Any]:
+    """What ``params_json`` holds: the record's params, and its later sampler passes under ``passes``."""
+    params = rec.get("params") or {}
+    return {**params, "passes": rec["passes"]} if rec.get("passes") else params
+
+
 def _write(db, file_id: int, rec: dict[str, Any], thumb: bytes | None, stamp: str) -> None:
     now = utc_now()
     ex = rec.get("exif") or {}
@@ -300,7 +309,7 @@ def _write(db, file_id: int, rec: dict[str, Any], thumb: bytes | None, stamp: st
             elif isinstance(v, bool):
                 gen[k] = int(v)
         gen.update({"file_id": file_id, "metadata_source": rec.get("metadata_source"),
-                    "params_json": json.dumps(rec.get("params") or {}, ensure_ascii=False, sort_keys=True),
+                    "params_json": json.dumps(_params(rec), ensure_ascii=False, sort_keys=True),
                     "lora_count": len(rec["loras"]), "metadata_hash": rec.get("metadata_hash"), "_extracted_at": now})
         db["generations"].upsert(gen, pk="file_id")
         if rec["loras"]:

@@ -218,3 +218,40 @@ def parse_easydiffusion(data: Any) -> dict[str, Any] | None:
             add_resource(rec, "lora", str(name), None, weight=w)
     extract_loras(rec)
     return rec
+
+
+# ---------------------------------------------------------------- web front-ends over diffusers
+#: what a web front-end over diffusers (a Hugging Face Space and the like) is recorded as
+WEB_DIFFUSERS = "Diffusers web UI"
+
+
+def parse_web_diffusers(data: Any) -> dict[str, Any] | None:
+    """JSON with ``Model`` and ``Model hash`` (often a full SHA256), as Hugging Face Spaces write it:
+    top-level keys, or Animagine's ``{"Model": {"Model": name, "Model hash": hash}}``."""
+    d = as_json(data)
+    if not isinstance(d, dict):
+        return None
+    model, h = d.get("Model"), d.get("Model hash")
+    if isinstance(model, dict):
+        model, h = model.get("Model"), model.get("Model hash", h)
+    if not isinstance(model, str) or not model.strip() or not isinstance(h, str):
+        return None
+    keys = {k.lower().replace(" ", "_"): v for k, v in d.items() if isinstance(k, str)}
+    rec = new_record(WEB_DIFFUSERS)
+    rec["positive_raw"] = keys.get("prompt") if isinstance(keys.get("prompt"), str) else None
+    rec["negative_raw"] = keys.get("negative_prompt") if isinstance(keys.get("negative_prompt"), str) else None
+    rec["seed"] = to_int(keys.get("seed"))
+    rec["steps"] = to_int(keys.get("num_inference_steps", keys.get("steps")))
+    rec["cfg_scale"] = to_float(keys.get("guidance_scale", keys.get("cfg_scale", keys.get("cfg"))))
+    for key in ("sampler", "scheduler"):
+        if isinstance(keys.get(key), str):
+            rec[key] = keys[key]
+    rec["width"], rec["height"] = to_int(keys.get("width")), to_int(keys.get("height"))
+    if not rec["width"] and keys.get("resolution") is not None:
+        set_size(rec, str(keys["resolution"]).replace(" ", ""))
+    rec["model_name"] = model.strip()
+    h = h.strip()
+    rec["model_hash_short"] = h[:10] if len(h) == 64 else h or None  # AutoV2 = SHA256[:10]
+    add_resource(rec, "checkpoint", rec["model_name"], h)
+    extract_loras(rec)
+    return rec

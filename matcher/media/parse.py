@@ -14,14 +14,14 @@ from .comfy_hosts import parse_civitai_comfy, parse_stability_matrix, parse_tens
 from .comfyui import has_graph, load_graph, parse_comfy_prompt
 from .containers import Containers
 from .invokeai import parse_invoke_dream, parse_invoke_metadata, parse_invoke_sdmeta
-from .json_generators import parse_easydiffusion, parse_fooocus, parse_novelai, parse_swarmui
+from .json_generators import parse_easydiffusion, parse_fooocus, parse_novelai, parse_swarmui, parse_web_diffusers
 from .normalise import as_json, finalise
 from .text_generators import parse_sidecar_text, parse_xmp
 
 log = logging.getLogger(__name__)
 
 
-def parse_text(text: str, source: str) -> dict[str, Any] | None:
+def parse_text(text: str, source: str, filename: str | None = None) -> dict[str, Any] | None:
     """One free-standing text (UserComment, Comment, stealth, sidecar): JSON flavours or A1111 infotext."""
     if not isinstance(text, str) or not text.strip():
         return None
@@ -37,11 +37,15 @@ def parse_text(text: str, source: str) -> dict[str, Any] | None:
             return parse_invoke_metadata(data)
         if "fooocus_scheme" in data or "metadata_scheme" in data or data.get("software") == "RuinedFooocus":
             return parse_fooocus(data)
+        if "Model hash" in data or isinstance(data.get("Model"), dict):
+            rec = parse_web_diffusers(data)
+            if rec:
+                return rec
         if "num_inference_steps" in data:
             return parse_easydiffusion(data)
         nodes = load_graph(data)
         if nodes:
-            return parse_comfy_prompt(nodes)
+            return parse_comfy_prompt(nodes, filename=filename)
         return None
     if looks_like_infotext(text):
         return parse_infotext(text)
@@ -51,8 +55,9 @@ def parse_text(text: str, source: str) -> dict[str, Any] | None:
 
 
 def parse_containers(c: Containers) -> dict[str, Any] | None:
-    """The normalised record for one file, or None when it carries no generation metadata."""
-    rec, source = _dispatch(c)
+    """The normalised record for one file, or None when it carries no generation metadata. ``c.name``
+    (the file's name) tells apart the save nodes of a ComfyUI graph that saves several images."""
+    rec, source = _dispatch(c, c.name)
     if rec is None:
         return None
     rec["metadata_source"] = source
@@ -61,11 +66,53 @@ def parse_containers(c: Containers) -> dict[str, Any] | None:
     return finalise(rec)
 
 
+#: what a saver node's own text and the graph it sits in are compared on (sampler names are spelt
+#: differently by the savers, so only numbers and the checkpoint count)
+_GRAPH_CHECKED = ("seed", "steps", "cfg_scale", "model_name")
+#: what the graph's record replaces when the text contradicts it
+_GRAPH_FIELDS = ("seed", "steps", "cfg_scale", "sampler", "scheduler", "denoising_strength", "model_name")
+
+
+def _stem(name: Any) -> str:
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return base.rsplit(".", 1)[0] if base.endswith((".safetensors", ".ckpt", ".pt", ".pth", ".gguf", ".sft", ".bin")) else base
+
+
+def _differs(key: str, text_value: Any, graph_value: Any) -> bool:
+    if text_value is None or graph_value is None:
+        return False
+    if key == "model_name":
+        return _stem(text_value) != _stem(graph_value)
+    if key == "cfg_scale":
+        return abs(float(text_value) - float(graph_value)) > 1e-6
+    return text_value != graph_value
+
+
+def _graph_wins(rec: dict[str, Any], graph: dict[str, Any]) -> None:
+    """A saver node (comfy-image-saver and the like) writes its ``parameters`` text from its own widgets,
+    which need not be the values of the sampler that fed it: where they contradict, the graph's chain
+    is reported, and ``params["metadata_conflict"]`` names the fields that differed."""
+    wrong = [k for k in _GRAPH_CHECKED if _differs(k, rec.get(k), graph.get(k))]
+    if graph.get("passes"):
+        rec["passes"] = graph["passes"]
+    if not wrong:
+        return
+    for k in _GRAPH_FIELDS:
+        if graph.get(k) is not None:
+            rec[k] = graph[k]
+    if "model_name" in wrong:
+        rec["model_hash_short"] = None
+        rec["resources"] = [r for r in rec["resources"] if r["kind"] != "checkpoint"]
+        rec["resources"] += [r for r in graph["resources"] if r["kind"] == "checkpoint"]
+    rec["params"]["metadata_conflict"] = (f"the parameters text disagrees with the graph on {', '.join(wrong)}:"
+                                          " the values of the sampler that fed the save node are reported")
+
+
 _INVOKE_KEYS = (("invokeai_metadata", parse_invoke_metadata), ("sd-metadata", parse_invoke_sdmeta),
                 ("Dream", parse_invoke_dream))
 
 
-def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
+def _dispatch(c: Containers, filename: str | None = None) -> tuple[dict[str, Any] | None, str | None]:
     t = c.texts
     ex = c.exif
     # SwarmUI
@@ -102,31 +149,34 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
     if params:
         d = params_json
         if isinstance(d, dict):
-            rec = parse_fooocus(d) or parse_easydiffusion(d)
+            rec = parse_fooocus(d) or parse_web_diffusers(d) or parse_easydiffusion(d)
             if rec:
                 return rec, "png:parameters"
         elif looks_like_infotext(params):
             rec = parse_infotext(params)
             # the graph only matters when the infotext names no other tool (has_graph is pure: asked last)
-            if rec.get("generation_tool") == "AUTOMATIC1111" and has_graph(t.get("prompt")):
+            if rec.get("generation_tool") in ("AUTOMATIC1111", "ComfyUI") and has_graph(t.get("prompt")):
                 rec["generation_tool"] = "ComfyUI"
+                nodes = load_graph(t.get("prompt"))
+                if nodes:
+                    _graph_wins(rec, parse_comfy_prompt(nodes, filename=filename))
             return rec, "png:parameters"
     # ComfyUI graph in PNG text
     nodes = load_graph(t.get("prompt"))
     if nodes:
-        return parse_comfy_prompt(nodes), "png:prompt"
+        return parse_comfy_prompt(nodes, filename=filename), "png:prompt"
     # EXIF carriers (JPEG/WebP, PNG eXIf)
     for key in ("Make", "Model", "ImageDescription"):
         v = ex.get(key)
         if isinstance(v, str) and v.lower().startswith("prompt:"):
             nodes = load_graph(v)
             if nodes:
-                return parse_comfy_prompt(nodes), f"exif:{key}"
+                return parse_comfy_prompt(nodes, filename=filename), f"exif:{key}"
     for key in ("UserComment", "ImageDescription", "XPComment"):
         v = ex.get(key)
         if key == "ImageDescription" and ex.get("UserComment"):
             continue
-        rec = parse_text(v, "exif") if v else None
+        rec = parse_text(v, "exif", filename) if v else None
         if rec:
             if key == "UserComment" and isinstance(rec, dict) and (ex.get("Software") or "").startswith("NovelAI") \
                     and rec.get("generation_tool") == "NovelAI" and not rec.get("model_name"):
@@ -145,8 +195,8 @@ def _dispatch(c: Containers) -> tuple[dict[str, Any] | None, str | None]:
             if isinstance(d, dict) and ("prompt" in d) and isinstance(d.get("prompt"), (str, dict)):
                 nodes = load_graph(d.get("prompt"))
                 if nodes:
-                    return parse_comfy_prompt(nodes), f"text:{key}"
-            rec = parse_text(v, "text")
+                    return parse_comfy_prompt(nodes, filename=filename), f"text:{key}"
+            rec = parse_text(v, "text", filename)
             if rec:
                 return rec, f"text:{key}"
     # alpha-channel stealth metadata
