@@ -33,7 +33,7 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, api_list, library_view
+from mirror import api, api_list, library_view, model_page
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
@@ -310,8 +310,32 @@ def prepare_connection(conn, database, datasette):
         pass
 
 
+#: the mirror's tables with a card above the raw row: (card function, column in library matches)
+_CARDS = {"models": (model_page.model_card, "model_id"),
+          "model_versions": (model_page.version_card, "version_id")}
+
+
+async def _civitai_card(datasette, request, table):
+    card_of, column = _CARDS[table]
+    try:
+        key = int(request.url_vars.get("pks", ""))
+    except ValueError:
+        return {"civitai_card": None}
+    db = await _find_db(datasette)
+    card = await db.execute_fn(lambda conn: card_of(conn, key)) if db is not None else None
+    library = datasette.databases.get("library")
+    if card is not None:
+        card["library"] = None  # no library served
+    if card is not None and library is not None:
+        card["library"] = await library.execute_fn(
+            lambda conn: model_page.library_copies(conn, column, key))
+    return {"civitai_card": card}
+
+
 @hookimpl
 def extra_template_vars(template, database, table, view_name, request, datasette):
+    if view_name == "row" and table in _CARDS and request and database != "library":
+        return lambda: _civitai_card(datasette, request, table)
     if not (view_name == "row" and database == "library" and table == "files" and request):
         return {}
 

@@ -1,9 +1,10 @@
 """A real browser over `civitai-mirror serve`: headless Chromium (Debian's /usr/bin/chromium) driven
 by Playwright, against a server started as a subprocess over the demo data.
 
-Skips when chromium or the playwright package is absent. Saves docs/library.png (a file's page; the
-README shows it) only when SAVE_SCREENSHOT=1, so an ordinary run never dirties the checkout; otherwise the
-screenshot goes to the test's tmp folder and is checked to be a real PNG.
+Skips when chromium or the playwright package is absent. Saves docs/library.png (a file's page) and
+docs/model.png (a model's page; the README shows both) only when SAVE_SCREENSHOT=1, so an ordinary
+run never dirties the checkout; otherwise the screenshots go to the test's tmp folder and are checked
+to be real PNGs.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "library.png"
+SCREENSHOT_MODEL = REPO / "docs" / "model.png"
 
 
 def _free_port() -> int:
@@ -90,6 +92,17 @@ def page(sync_playwright, server):
         browser.close()
 
 
+def _screenshot(page, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target), clip={"x": 0, "y": 0, "width": 1280, "height": 640})
+    from PIL import Image
+
+    with Image.open(target) as shot:  # a 256-colour PNG keeps the committed file small
+        assert shot.size == (1280, 640)
+        shot.convert("RGB").quantize(colors=256).save(target, optimize=True)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_library_overview_page(page, server, tmp_path):
     base, _ = server
     page.goto(f"{base}/library/file_overview?kind=media&_sort=path")
@@ -120,14 +133,7 @@ def test_file_detail_page_and_links(page, server, tmp_path):
     assert page.locator(".library-thumbnail img").evaluate("i => i.naturalWidth") > 0
     assert page.locator(".library-match").inner_text().startswith("Model")
     target = SCREENSHOT if os.environ.get("SAVE_SCREENSHOT") == "1" else tmp_path / "library.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target), clip={"x": 0, "y": 0, "width": 1280, "height": 640})
-    from PIL import Image
-
-    with Image.open(target) as shot:  # a 256-colour PNG keeps the committed file small
-        assert shot.size == (1280, 640)
-        shot.convert("RGB").quantize(colors=256).save(target, optimize=True)
-    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _screenshot(page, target)
     # LoRA → the local file page, then its Civitai version in the mirror.
     page.locator(".library-loras a", has_text="local file").click()
     page.wait_for_url("**/library/files/*")
@@ -135,7 +141,30 @@ def test_file_detail_page_and_links(page, server, tmp_path):
     assert "Paper Cut Style" in page.locator(".library-match").inner_text()
     page.locator(".library-match a", has_text="v1").click()
     page.wait_for_url("**/civitai/model_versions/1301")
-    assert "model_versions: 1301" in page.locator("h1").inner_text()
+    card = page.locator(".civitai-card")
+    assert "Paper Cut Style: v1" in card.locator("h1").inner_text()
+    assert "paper_cut_style.safetensors" in card.locator(".civitai-library").inner_text()
+
+
+def test_model_page_card(page, server, tmp_path):
+    base, _ = server
+    page.goto(f"{base}/civitai/models/110")
+    card = page.locator(".civitai-card")
+    assert card.locator("h1").inner_text() == "Dreamy Mix"
+    text = card.inner_text()
+    assert "pixelfarmer" in text and "SD 1.5" in text and "photorealistic" in text
+    assert "Dreamy Mix is a made-up Checkpoint" in card.locator(".civitai-description").first.inner_text()
+    assert "dreamy_mix_v2.safetensors" in card.locator(".civitai-files").first.inner_text()
+    # the previews not saved locally are BlurHash placeholders drawn here, and they decode
+    widths = card.locator("img.civitai-blurhash").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert widths and all(w > 0 for w in widths), widths
+    target = SCREENSHOT_MODEL if os.environ.get("SAVE_SCREENSHOT") == "1" else tmp_path / "model.png"
+    _screenshot(page, target)
+    card.locator(".civitai-library a", has_text="dreamy_mix_v2.safetensors").click()
+    page.wait_for_url("**/library/files/*")
+    assert "dreamy_mix_v2.safetensors" in page.locator(".library-summary h2").inner_text()
+    page.goto(f"{base}/civitai/models/220")
+    assert "Taken down" in page.locator(".civitai-mode").inner_text()
 
 
 def test_canned_query_page(page, server):
