@@ -20,7 +20,7 @@ import markupsafe
 import nh3
 from PIL import Image
 
-from mirror import answers
+from mirror import answers, browse
 
 #: the description's HTML keeps Ammonia's safe tags without <img>: an image there would be a request
 #: to civitai.com (or anyone) from the visitor's browser
@@ -41,14 +41,9 @@ def sanitize(html: Any) -> markupsafe.Markup:
 
 def human_size(kib: Any) -> str:
     """``sizeKB`` (KiB) as people read it: 1.99 GB, 144.1 MB, 12 KB."""
-    if not isinstance(kib, (int, float)) or kib < 0:
+    if isinstance(kib, bool) or not isinstance(kib, (int, float)) or kib < 0:
         return "?"
-    size = float(kib) * 1024
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit in ("B", "KB") else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TB"
+    return browse.human_kib(kib)
 
 
 def day(value: Any) -> str | None:

@@ -33,7 +33,7 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, api_list, library_view, model_page
+from mirror import api, api_list, browse, library_view, model_page
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
@@ -271,6 +271,11 @@ def register_routes(datasette):
 
 
 @hookimpl
+def asgi_wrapper(datasette):
+    return lambda app: browse.default_columns(app, datasette, PLUGIN)
+
+
+@hookimpl
 def skip_csrf(datasette, scope):
     # Tools POST hashes without Datasette's CSRF cookie, as they do to civitai.com.
     return scope.get("path", "").startswith("/api/v1/")
@@ -280,6 +285,9 @@ def skip_csrf(datasette, scope):
 def render_cell(value, column, table, database, datasette):
     if database == "library":
         return library_view.render_library_cell(value, column, table, datasette)
+    shown = browse.display_cell(value, column, table)
+    if shown is not None:
+        return shown
     media_type = _media_type(value) if isinstance(value, str) else None
     if table == "images" and column == "local_path" and media_type:
         src = datasette.urls.path(f"/-/civitai-images/{value}")

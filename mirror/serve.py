@@ -33,7 +33,7 @@ from datasette.database import Database
 from datasette.plugins import pm
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mirror import plugin
+from mirror import browse, plugin
 from mirror.http_guard import guard, is_loopback
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
     if "_memory" in ds.databases:  # Datasette adds it when started without files
         ds.remove_database("_memory")
     mirror_path = Path(db_path).resolve()
+    browse.prune_hidden(plugin_config, "civitai", _columns_of(mirror_path))
     ds.add_database(FollowingDatabase(ds, mirror_path), name="civitai")
     if library is not None:  # its connections attach the mirror: follow that file too
         ds.add_database(FollowingDatabase(ds, Path(library).resolve(), follows=(mirror_path,)),

@@ -1,0 +1,55 @@
+"""The mirror's tables read at a glance: JSON and bookkeeping columns hidden unless asked, dates
+as dates, sizes as sizes, a base-model facet. Over the demo data, through Datasette's own client."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mirror.serve import make_datasette
+from tests.test_serve_library import build_demo_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_demo_world(tmp_path_factory.mktemp("browse-tables") / "demo")
+
+
+@pytest.fixture
+async def client(world):
+    ds = make_datasette(world["civitai"], world["library"], world["dump"])
+    await ds.invoke_startup()
+    return ds.client
+
+
+def _columns(html: str) -> list[str]:
+    return re.findall(r'<th [^>]*data-column="([^"]+)"', html)
+
+
+async def test_models_table_hides_json_and_bookkeeping(client):
+    html = (await client.get("/civitai/models")).text
+    shown = _columns(html)
+    assert {"id", "name", "type", "username", "created_at", "mode", "tags", "baseModels"} <= set(shown)
+    assert not {"data", "description_text", "_source_path", "_snapshots"} & set(shown)
+    assert "&lt;p&gt;" not in html  # no model JSON with its escaped markup in every row
+    assert 'id="facet-baseModels"' in html and 'id="facet-type"' in html and 'id="facet-mode"' in html
+
+
+async def test_asked_columns_and_json_have_everything(client):
+    assert "data" in _columns((await client.get("/civitai/models?_col=name&_col=data")).text)
+    assert "data" in _columns((await client.get("/civitai/models?_allcols=1")).text)
+    row = (await client.get("/civitai/models.json?_shape=array&id=110")).json()[0]
+    assert "data" in row and "description_text" in row and isinstance(row["created_at"], int)
+
+
+async def test_dates_and_sizes_read_as_people_write_them(client):
+    html = (await client.get("/civitai/model_files?id=11010")).text
+    assert "223 KB" in html
+    versions = (await client.get("/civitai/model_versions?model_id=110")).text
+    assert re.search(r'<td class="col-created_at[^"]*"[^>]*><span title="\d+">20\d\d-\d\d-\d\d \d\d:\d\d</span>', versions)
+
+
+@pytest.mark.parametrize("table", ["models", "model_versions", "model_files", "images"])
+async def test_default_columns_never_break_a_table(client, table):
+    response = await client.get(f"/civitai/{table}")
+    assert response.status_code == 200 and "data" not in _columns(response.text)
