@@ -145,3 +145,16 @@ def test_a_web_front_end_json_gives_its_model_and_full_hash(tmp_path):
     rec = extract_comprehensive_metadata(tmp_path / "nested.png")
     assert (rec["generation_tool"], rec["model_name"], rec["model_hash_short"]) == (
         "Diffusers web UI", "Animagine XL 3.1", "e3c47aedb0")
+
+
+def test_the_numpy_blurhash_is_the_reference_encoders():
+    import blurhash
+    import numpy as np
+
+    from matcher.media.imaging import blurhash_of
+
+    rng = np.random.default_rng(14)
+    for h, w in ((32, 32), (1, 1), (7, 32), (32, 5), (19, 23)):
+        flat = np.clip(rng.integers(0, 256, 3) + rng.integers(-25, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+        for rgb in (rng.integers(0, 256, (h, w, 3), dtype=np.uint8), flat):
+            assert blurhash_of(rgb) == blurhash.encode(rgb, components_x=4, components_y=3)
