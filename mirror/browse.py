@@ -75,3 +75,35 @@ def display_cell(value, column: str, table: str | None):
     if column == "sizeKB" and value >= 0:
         return markupsafe.Markup('<span title="{} KiB">{}</span>').format(value, human_kib(value))
     return None
+
+
+_MIRROR_COUNTS = [("models", "models"), ("versions", "model_versions"), ("files", "model_files"),
+                  ("preview images", "images")]
+_LIBRARY_COUNTS = [("files", "SELECT count(*) FROM files"),
+                   ("matched to Civitai", "SELECT count(*) FROM matches WHERE version_id IS NOT NULL")]
+
+
+def _counts(conn, queries: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    out = []
+    for label, sql in queries:
+        try:
+            out.append((label, conn.execute(sql).fetchone()[0]))
+        except Exception:  # noqa: BLE001 - a table an older file lacks: leave it out
+            continue
+    return out
+
+
+async def home(datasette, request) -> dict:
+    """What the home page shows above the databases: counts and the canned queries of each."""
+    sections = {}
+    for name, queries in (("civitai", [(label, f"SELECT count(*) FROM {table}")
+                                       for label, table in _MIRROR_COUNTS]),
+                          ("library", _LIBRARY_COUNTS)):
+        db = datasette.databases.get(name)
+        if db is None:
+            continue
+        counts = await db.execute_fn(lambda conn, q=queries: _counts(conn, q))
+        canned = await datasette.get_canned_queries(name, request.actor if request else None)
+        sections[name] = {"counts": counts,
+                          "queries": [(key, q.get("title") or key) for key, q in canned.items()]}
+    return {"home": sections}

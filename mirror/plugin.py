@@ -342,6 +342,8 @@ async def _civitai_card(datasette, request, table):
 
 @hookimpl
 def extra_template_vars(template, database, table, view_name, request, datasette):
+    if view_name == "index":
+        return lambda: browse.home(datasette, request)
     if view_name == "row" and table in _CARDS and request and database != "library":
         return lambda: _civitai_card(datasette, request, table)
     if not (view_name == "row" and database == "library" and table == "files" and request):

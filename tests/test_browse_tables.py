@@ -53,3 +53,23 @@ async def test_dates_and_sizes_read_as_people_write_them(client):
 async def test_default_columns_never_break_a_table(client, table):
     response = await client.get(f"/civitai/{table}")
     assert response.status_code == 200 and "data" not in _columns(response.text)
+
+
+async def test_home_page_says_what_this_is_and_links_everything(client):
+    html = (await client.get("/")).text
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert "30 models · 38 versions · 38 files · 76 preview images" in text
+    assert re.search(r"\d+ files · \d+ matched to Civitai", text)
+    for href in ('href="/civitai/models"', 'href="/library/file_overview"', 'href="/civitai/by_hash"',
+                 'href="/library/held_models_gone"'):
+        assert href in html, href
+    assert '<form class="home-search" action="/civitai/models"' in html and 'name="_search"' in html
+    found = (await client.get("/civitai/models?_search=dreamy")).text
+    assert "Dreamy Mix" in found and "Paper Cut Style" not in found
+
+
+async def test_home_page_without_a_library(world):
+    ds = make_datasette(world["civitai"], None, world["dump"])
+    await ds.invoke_startup()
+    html = (await ds.client.get("/")).text
+    assert "30 models" in html and "home-library" not in html

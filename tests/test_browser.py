@@ -167,6 +167,18 @@ def test_model_page_card(page, server, tmp_path):
     assert "Taken down" in page.locator(".civitai-mode").inner_text()
 
 
+def test_home_page_search(page, server):
+    base, _ = server
+    page.goto(f"{base}/")
+    assert "30 models" in page.locator(".home-mirror").inner_text()
+    page.locator(".home-search input[type=search]").fill("dreamy")
+    page.locator(".home-search input[type=submit]").click()
+    page.wait_for_url("**/civitai/models?_search=dreamy*")
+    page.locator("table.rows-and-columns td.col-id a").first.click()
+    page.wait_for_url("**/civitai/models/110")
+    assert page.locator(".civitai-card h1").inner_text() == "Dreamy Mix"
+
+
 def test_canned_query_page(page, server):
     base, _ = server
     page.goto(f"{base}/library/held_models_gone")
