@@ -33,6 +33,25 @@ def prune_hidden(config: dict, database: str, columns: dict[str, set[str]]) -> N
         tables[table] = [c for c in hidden or [] if c in columns.get(table, set())]
 
 
+#: EXIF columns of library.file_overview, hidden when no file of the library has them
+EXIF_COLUMNS = ("exif_make", "exif_model", "exif_lens", "exif_exposure", "exif_f_number", "exif_iso",
+                "exif_focal_length", "exif_datetime_original", "exif_software", "exif_gps_present",
+                "exif_orientation")
+
+
+def hide_empty_exif(config: dict, conn) -> None:
+    """Add to the hidden columns of library.file_overview the EXIF columns no file has (read once,
+    when serving starts)."""
+    try:
+        counts = conn.execute("SELECT " + ", ".join(f"count({c})" for c in EXIF_COLUMNS)
+                              + " FROM media_info").fetchone()
+    except Exception:  # noqa: BLE001 - a library without media_info: its view has no EXIF either
+        return
+    library = config.setdefault("hidden_columns", {}).setdefault("library", {})
+    hidden = list(library.get("file_overview") or [])
+    library["file_overview"] = hidden + [c for c, n in zip(EXIF_COLUMNS, counts) if not n and c not in hidden]
+
+
 def with_default_columns(config: dict, path: str, query_string: bytes) -> bytes:
     """The query string of a table page with the table's hidden columns as ``_nocol``."""
     hidden = _hidden_for(config, path)

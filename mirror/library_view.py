@@ -26,7 +26,10 @@ LIBRARY_VIEWS: dict[str, str] = {
     "file_overview": f"""
 SELECT f.id AS file_id,
        mi.thumbnail AS thumbnail,
-       f.path, f.kind, f.format, f.model_type, f.base_model, f.size,
+       CASE WHEN f.root IS NOT NULL AND substr(f.path, 1, length(rtrim(f.root, '/')) + 1)
+                 = rtrim(f.root, '/') || '/'
+            THEN substr(f.path, length(rtrim(f.root, '/')) + 2) ELSE f.path END AS path,
+       f.kind, f.format, f.model_type, f.base_model, f.size,
        m.civitai_model_id, m.civitai_version_id, m.civitai_model, m.civitai_version,
        m.civitai_type, m.civitai_base_model, m.match_hash_type, m.match_confidence, m.match_reason,
        g.generation_tool, g.model_name AS generation_model, g.steps, g.sampler, g.cfg_scale,
@@ -43,7 +46,7 @@ SELECT f.id AS file_id,
        mi.exif_focal_length, mi.exif_datetime_original, mi.exif_software, mi.exif_gps_present,
        mi.exif_orientation,
        f.sha256, f.autov2, f.autov3, f.autov1, f.crc32, f.blake3,
-       f.missing, f.error
+       f.missing, f.error, f.root AS scan_root
   FROM files f
   LEFT JOIN (SELECT file_id, model_id AS civitai_model_id, version_id AS civitai_version_id,
                     model_name AS civitai_model, version_name AS civitai_version,

@@ -170,6 +170,12 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
         plugin_config["dump_dir"] = str(Path(dump_dir).resolve())
     if library is not None:
         prune_table_metadata(meta, "library", Path(library))
+        conn = sqlite3.connect(f"file:{quote(str(Path(library).resolve()), safe='/')}?mode=ro", uri=True)
+        try:
+            browse.hide_empty_exif(plugin_config, conn)
+        finally:
+            conn.close()
+        browse.prune_hidden(plugin_config, "library", _columns_of(Path(library)))
     # No suggested facets: Datasette tries every column of every page (50 ms each), seconds on a
     # big library or mirror; the configured facets stay, and any column can still be faceted.
     ds = Datasette([], metadata=meta, settings={"sql_time_limit_ms": 3000, "suggest_facets": False},

@@ -73,3 +73,30 @@ async def test_home_page_without_a_library(world):
     await ds.invoke_startup()
     html = (await ds.client.get("/")).text
     assert "30 models" in html and "home-library" not in html
+
+
+async def test_library_overview_is_compact(client, world):
+    html = (await client.get("/library/file_overview?_sort=path")).text
+    shown = set(_columns(html))
+    assert {"file_id", "thumbnail", "path", "kind", "civitai_model", "sha256", "exif_make", "exif_iso"} <= shown
+    assert not {"scan_root", "blake3", "crc32", "autov1"} & shown
+    assert str(world["dir"]) not in html  # paths relative to their scan root
+    assert re.search(r'<td class="col-path[^"]*"[^>]*>checkpoints/dreamy_mix_v2.safetensors</td>', html)
+    row = (await client.get("/library/file_overview.json?_shape=array&kind=model&_size=1")).json()[0]
+    assert row["scan_root"] == str(world["dir"] / "collection") and "blake3" in row
+
+
+async def test_exif_columns_no_file_has_are_hidden(world, tmp_path):
+    import sqlite3
+
+    library = tmp_path / "library.sqlite"
+    source, conn = sqlite3.connect(world["library"]), sqlite3.connect(library)
+    source.backup(conn)  # with what is still in the WAL
+    source.close()
+    with conn:
+        conn.execute("UPDATE media_info SET exif_lens = NULL, exif_software = NULL")
+    conn.close()
+    ds = make_datasette(world["civitai"], library, world["dump"])
+    await ds.invoke_startup()
+    shown = set(_columns((await ds.client.get("/library/file_overview")).text))
+    assert "exif_make" in shown and not {"exif_lens", "exif_software"} & shown
