@@ -158,3 +158,26 @@ def test_the_numpy_blurhash_is_the_reference_encoders():
         flat = np.clip(rng.integers(0, 256, 3) + rng.integers(-25, 25, (h, w, 3)), 0, 255).astype(np.uint8)
         for rgb in (rng.integers(0, 256, (h, w, 3), dtype=np.uint8), flat):
             assert blurhash_of(rgb) == blurhash.encode(rgb, components_x=4, components_y=3)
+
+
+def test_extract_writes_every_files_metadata_before_any_thumbnail(tmp_path):
+    from matcher.media import extract_library
+    from matcher.scan import scan_library
+    from matcher.schema import open_library
+
+    root = tmp_path / "lib"
+    root.mkdir()
+    for i in range(3):
+        write_png(root / f"{i}.png", picture((64, 48), (10 * i, 90, 160)), {"parameters": f"a fox\nSteps: 2{i}, Seed: {i}"})
+    db = open_library(tmp_path / "library.sqlite")
+    scan_library(db, [root])
+    seen = []
+    summary = extract_library(db, progress=lambda done, total, _p: seen.append(
+        db.execute("select count(*), count(blurhash) from media_info").fetchone()))
+    assert seen[-1] == (3, 0) and summary["thumbnails"] == 3  # all metadata in, then the pixel pass
+    assert db.execute("select count(blurhash), count(thumbnail) from media_info").fetchone() == (3, 3)
+    db.execute("update media_info set blurhash = null, thumbnail = null where file_id = 1")  # a stopped pixel pass
+    db.conn.commit()
+    again = extract_library(db)
+    assert (again["unchanged"], again["written"], again["thumbnails"]) == (3, 0, 1)
+    assert db.execute("select count(blurhash) from media_info").fetchone() == (3,)

@@ -198,6 +198,23 @@ def _seed_int(seed: Any) -> int | None:
     return seed if isinstance(seed, int) and -(2 ** 63) <= seed < 2 ** 63 else None
 
 
+def _pixels_job(path: str) -> tuple[str | None, bytes | None, str | None]:
+    """(BlurHash, WebP thumbnail, error) of one image file: the pixel pass of ``extract_library``."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_READ_BYTES or size <= 16:
+                return None, None, None
+            data = f.read()
+    except OSError as exc:
+        return None, None, f"unreadable: {exc.strerror or exc}"
+    return thumbnail_and_blurhash(data)
+
+
+def _wants_pixels(rec: dict[str, Any]) -> bool:
+    return bool(rec.get("format")) and rec["format"] not in VIDEO_FORMATS and "file too large" not in (rec.get("error") or "")
+
+
 def extract_library(db, force: bool = False, progress: Callable[[int, int, str], None] | None = None,
                     *, keep_gps: bool = False, budget: Budget = Budget(), workers: int | None = None) -> dict[str, Any]:
     """Extract every ``files`` row with kind='media' into generations/lora_usages/resources/media_info.
@@ -205,8 +222,9 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
     ``db`` is a sqlite_utils.Database or a path to library.sqlite. Files whose size, mtime and sidecar are
     unchanged since the last run are skipped without any write; ``force`` re-reads them all but still writes
     only rows whose content changed. ``progress(done, total, path)`` is called after each file.
-    Each file is read within ``budget`` by one of ``workers`` processes (default: CPU cores, at most 8).
-    Returns summary counts.
+    Two passes, each by ``workers`` processes (default: CPU cores, at most 8) holding every file to
+    ``budget``: the metadata of every file first (no pixel decode), then the BlurHash and thumbnail of
+    the images that need one (also those a stopped run left without one). Returns summary counts.
     """
     if not hasattr(db, "execute"):
         db = open_library(db)
@@ -216,13 +234,14 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
     if "missing" in db.table("files").columns_dict:
         where += " and coalesce(missing, 0) = 0"
     rows = list(db.query(f"select id, path, path_bytes, size, mtime_ns from files where {where} order by id"))
-    known = {r[0]: (r[1], r[2], r[3]) for r in db.execute(
-        "select m.file_id, m._source_stamp, g.metadata_hash, m.blurhash from media_info m "
+    known = {r[0]: r[1:] for r in db.execute(
+        "select m.file_id, m._source_stamp, g.metadata_hash, m.blurhash, m.format, m.error from media_info m "
         "left join generations g on g.file_id = m.file_id").fetchall()}
     summary: dict[str, Any] = {"total": len(rows), "extracted": 0, "unchanged": 0, "written": 0,
-                               "with_metadata": 0, "no_metadata": 0, "errors": 0, "by_tool": {}}
+                               "with_metadata": 0, "no_metadata": 0, "errors": 0, "by_tool": {}, "thumbnails": 0}
     done = 0
     todo: list[tuple[dict[str, Any], str, tuple | None]] = []
+    pixels: list[tuple[dict[str, Any], str | None]] = []  # (row, the error its metadata pass recorded)
     for row in rows:
         sidecar = find_metadata_text_file(row_path(row))
         stamp = _stamp(row, sidecar)
@@ -230,22 +249,22 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
         if prev and prev[0] == stamp and not force:
             summary["unchanged"] += 1
             done += 1
+            if prev[2] is None and prev[4] is None and _wants_pixels({"format": prev[3]}):
+                pixels.append((row, None))  # a run stopped before its pixel pass
             if progress:
                 progress(done, len(rows), row["path"])
             continue
         todo.append((row, stamp, prev))
-    jobs = ((i, (row_path(row), keep_gps), min(row["size"] or 0, MAX_READ_BYTES))
+    jobs = ((i, (row_path(row), keep_gps, False), min(row["size"] or 0, MAX_READ_BYTES))
             for i, (row, _stamp_, _prev) in enumerate(todo))
     results = run_budgeted(_extract_job, jobs, budget=budget,
                            workers=min(workers or default_workers(), len(todo))) if todo else ()
     for i, status, value in results:
         row, stamp, prev = todo[i]
         done += 1
-        if status == "ok":
-            rec, thumb = value
-        else:
+        rec = value[0] if status == "ok" else _over_budget(row_path(row), value)
+        if status != "ok":
             log.warning("%s: %s", row["path"], value)
-            rec, thumb = _over_budget(row_path(row), value), None
         summary["extracted"] += 1
         if rec["no_metadata"]:
             summary["no_metadata"] += 1
@@ -255,16 +274,34 @@ def extract_library(db, force: bool = False, progress: Callable[[int, int, str],
             summary["by_tool"][tool] = summary["by_tool"].get(tool, 0) + 1
         if rec.get("error"):
             summary["errors"] += 1
-        if prev and prev[0] == stamp and prev[1] == rec.get("metadata_hash") and prev[2] == rec.get("blurhash") \
-                and status == "ok":
-            if progress:
-                progress(done, len(rows), row["path"])
-            continue  # --force on an unchanged file: nothing to write
-        _write(db, row["id"], rec, thumb, stamp)
-        summary["written"] += 1
+        same = prev and prev[0] == stamp and prev[1] == rec.get("metadata_hash") and status == "ok"
+        if not same:
+            _write(db, row["id"], rec, None, stamp)
+            summary["written"] += 1
+        if status == "ok" and _wants_pixels(rec) and not (same and (prev[2] is not None or prev[4] is not None)):
+            pixels.append((row, rec.get("error")))
         if progress:
             progress(done, len(rows), row["path"])
+    _pixel_pass(db, pixels, budget, workers, summary)
     return summary
+
+
+def _pixel_pass(db, pixels: list[tuple[dict[str, Any], str | None]], budget: Budget, workers: int | None,
+                summary: dict[str, Any]) -> None:
+    """BlurHash and thumbnail of each image, in the pool, after every file's metadata is in the database."""
+    jobs = ((i, (row_path(row),), min(row["size"] or 0, MAX_READ_BYTES)) for i, (row, _e) in enumerate(pixels))
+    results = run_budgeted(_pixels_job, jobs, budget=budget,
+                           workers=min(workers or default_workers(), len(pixels))) if pixels else ()
+    for i, status, value in results:
+        row, error = pixels[i]
+        bh, thumb, err = value if status == "ok" else (None, None, f"no thumbnail: {value}")
+        errors = "; ".join(dict.fromkeys(e for e in (error, err) if e)) or None
+        if err and not error:
+            summary["errors"] += 1
+        with db.conn:
+            db.execute("update media_info set blurhash = ?, thumbnail = ?, error = ? where file_id = ?",
+                       [bh, thumb, errors, row["id"]])
+        summary["thumbnails"] += thumb is not None
 
 
 def _params(rec: dict[str, Any]) -> dict[str, Any]:
