@@ -10,6 +10,7 @@ of library.sqlite matched to a model. The templates ``row-civitai-models.html`` 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import sqlite3
 from datetime import datetime
@@ -56,6 +57,7 @@ def day(value: Any) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def blurhash_png(value: Any, width: int = 32, height: int = 32) -> str | None:
     """A BlurHash drawn as a data: URL (PNG), the placeholder for a preview not saved locally."""
     if not isinstance(value, str) or not 6 <= len(value) <= 200:

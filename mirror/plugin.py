@@ -33,7 +33,7 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, api_list, browse, library_view, model_page
+from mirror import api, api_list, browse, library_model, library_view, model_page
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
@@ -288,6 +288,11 @@ def render_cell(value, column, table, database, datasette):
     shown = browse.display_cell(value, column, table)
     if shown is not None:
         return shown
+    if table == "images" and column == "hash" and database != "library":
+        placeholder = model_page.blurhash_png(value, 16, 16)  # the BlurHash drawn, never fetched
+        if placeholder:
+            return markupsafe.Markup('<img src="{}" alt="{}" title="{}" width="48" height="48">'
+                                     ).format(placeholder, value, value)
     media_type = _media_type(value) if isinstance(value, str) else None
     if table == "images" and column == "local_path" and media_type:
         src = datasette.urls.path(f"/-/civitai-images/{value}")
@@ -355,6 +360,12 @@ def extra_template_vars(template, database, table, view_name, request, datasette
         except ValueError:
             return {"library_file": None}
         db = datasette.get_database("library")
-        details = await db.execute_fn(lambda conn: library_view.file_details(conn, file_id))
-        return {"library_file": details}
+
+        def read(conn):
+            details = library_view.file_details(conn, file_id)
+            if details is not None and details["kind"] == "model":
+                version_id = (details["match"] or {}).get("version_id")
+                details["model"] = library_model.model_extras(conn, details, version_id)
+            return details
+        return {"library_file": await db.execute_fn(read)}
     return inner

@@ -146,3 +146,11 @@ async def test_hostile_descriptions_are_rendered_harmless(hostile_db):
         assert not re.search(r"<script|\son\w+\s*=|javascript:", card, re.I), page
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in card  # the trained word, as text
     assert "<p>kept</p>" in _card((await ds.client.get("/civitai/models/101")).text)
+
+
+async def test_image_rows_show_the_blurhash_and_link_version_and_model(client):
+    html = (await client.get("/civitai/images/11010")).text
+    assert re.search(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+" alt="LEHV6nWB', html)
+    assert 'href="/civitai/model_versions/1101"' in html and 'href="/civitai/models/110"' in html
+    listing = (await client.get("/civitai/images?version_id=1101")).text
+    assert listing.count('src="data:image/png;base64,') == 2
