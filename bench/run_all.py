@@ -26,6 +26,7 @@ BENCHMARKS = [
     ("bench_build.py", ["--models", "20000", "--lookup-files", "1000000"], ["--models", "2000", "--lookup-files", "100000"]),
     ("bench_hash.py", [], ["--size-mib", "256", "--files", "2000"]),
     ("bench_extract.py", [], []),
+    ("bench_pages.py", ["--models", "100000"], ["--models", "2000", "--rounds", "1"]),
 ]
 
 
