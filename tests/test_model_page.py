@@ -2,7 +2,7 @@
 
 What a visitor sees on /civitai/models/{id} and /civitai/model_versions/{id}: name, creator, type,
 base model, tags, stats, the moderation state said plainly, the description as sanitized HTML, the
-previews (BlurHash placeholders: never a request to civitai.com), versions with files, sizes, every
+previews (BlurHash placeholders: never a request to Civitai's image host), versions with files, sizes, every
 hash and trained words, and the library's files that match.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import pytest
 
 from mirror.build import build_mirror
-from mirror.model_page import blurhash_png, human_size, sanitize
+from mirror.model_page import CIVITAI, blurhash_png, human_size, sanitize
 from mirror.serve import make_datasette
 from tests.test_mirror_build import copy_dump
 from tests.test_serve_library import build_demo_world
@@ -27,13 +27,13 @@ HOSTILE_DESCRIPTIONS = [
     '<a href="data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==">click</a>',
     '<svg onload=alert(1)><circle r=1></circle></svg>',
     '<iframe src="https://evil.example/"></iframe>',
-    '<p style="background:url(https://civitai.com/x.png)" onmouseover="alert(1)">styled</p>',
+    '<p style="background:url(https://images.example.org/x.png)" onmouseover="alert(1)">styled</p>',
     '<div><object data="x.swf"></object><embed src="x.swf"></div>',
     '<form action="https://evil.example"><input name=x></form>',
     '<math><mi xlink:href="javascript:alert(1)">x</mi></math>',
     '<p>ok</p><!--<script>alert(1)</script>-->',
     '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
-    '<img src="https://image.civitai.com/preview.jpeg">',
+    '<img src="https://images.example.org/preview.jpeg">',
     '<base href="https://evil.example/"><link rel=stylesheet href="https://evil.example/x.css">',
 ]
 _DANGER = re.compile(r"<script|<iframe|<svg|<object|<embed|<form|<base|<link|<style|<img|\son\w+\s*=|"
@@ -91,7 +91,7 @@ async def test_model_page_is_a_card(client):
                  "In your library", "checkpoints/dreamy_mix_v2.safetensors"):
         assert seen in text, seen
     assert "<p>Dreamy Mix is a made-up Checkpoint" in card  # the description as HTML, not escaped
-    assert 'href="https://civitai.com/models/110"' in card
+    assert f'href="{CIVITAI}/models/110"' in card
     assert 'href="/civitai/model_versions/1101"' in card and 'href="/library/files/' in card
     assert "images in your library made with it" in text
     assert "/tmp/" not in text  # library paths relative to their scan root
@@ -112,7 +112,7 @@ async def test_version_page_is_a_card(client):
                  "checkpoints/dreamy_mix_v2.safetensors"):
         assert seen in text, seen
     assert 'href="/civitai/models/110"' in card
-    assert 'href="https://civitai.com/models/110?modelVersionId=1101"' in card
+    assert f'href="{CIVITAI}/models/110?modelVersionId=1101"' in card
 
 
 async def test_a_model_the_mirror_lacks_is_a_404(client):
