@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "build": "civitai_mirror.commands.mirror:build",
     "lookup": "civitai_mirror.commands.mirror:lookup",
     "serve": "civitai_mirror.commands.serve:serve",
+    "update": "civitai_mirror.commands.update:update",
     "demo": "civitai_mirror.demo:demo",
     # matcher: disks -> library.sqlite -> matches -> plan -> journal
     "scan": "civitai_mirror.commands.library:scan",

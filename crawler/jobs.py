@@ -39,6 +39,7 @@ class CrawlOptions:
     threads: int = 5
     images: bool = False
     image_width: int | None = 450
+    ids: tuple[int, ...] = ()  # fetched again whatever the logs say (update's refresh)
 
 
 @dataclass
@@ -343,6 +344,7 @@ class Crawler:
                 forced.extend(sorted(self.dump.errors))
             if o.recheck_crawled:
                 forced.extend(i for i in sorted(self.dump.crawled) if i not in self.dump.downloaded)
+            forced.extend(o.ids)
             forced = sorted(set(forced))
             forced_set = set(forced)
             range_ids: range | None = None

@@ -154,19 +154,38 @@ def record_changes(conn: sqlite3.Connection, old_db: Path | None, library_db: Pa
     run_id = cur.lastrowid
     changes: list[dict[str, Any]] = []
     if old_db is not None:
-        conn.execute("ATTACH DATABASE ? AS old", (_ro_uri(old_db),))
+        conn.execute("ATTACH DATABASE ? AS old", (str(Path(old_db).resolve()),))  # only read
         try:
             changes = _diff(conn, run_id, library_db)
         finally:
             conn.commit()  # DETACH is refused inside a transaction; the caller's rows go with it
             conn.execute("DETACH DATABASE old")
-    else:
-        conn.execute("UPDATE update_runs SET baseline = 1 WHERE id = ?", (run_id,))
-    in_library = sum(1 for c in changes if c["in_library"])
-    conn.execute("UPDATE update_runs SET changes = ?, library_changes = ? WHERE id = ?",
-                 (len(changes), in_library, run_id))
-    run["id"] = run_id
+    run.update(id=run_id, baseline=0 if old_db is not None else 1, changes=len(changes),
+               library_changes=sum(1 for c in changes if c["in_library"]))
+    conn.execute("UPDATE update_runs SET baseline = ?, changes = ?, library_changes = ? WHERE id = ?",
+                 (run["baseline"], run["changes"], run["library_changes"], run_id))
     return changes
+
+
+def carry_over(conn: sqlite3.Connection, old_db: Path) -> int:
+    """Copy ``update_runs`` and ``changes`` from the mirror a ``build --full`` replaces (the
+    history of what changed upstream is not in the dump). Returns the runs copied; no commit."""
+    if not Path(old_db).exists():
+        return 0
+    conn.execute("ATTACH DATABASE ? AS prev", (str(Path(old_db).resolve()),))  # only read
+    try:
+        if not (_has_table(conn, "update_runs", "prev") and _has_table(conn, "changes", "prev")):
+            return 0
+        ensure_tables(conn)
+        for table in UPDATE_SCHEMA:
+            cols = [row[1] for row in conn.execute(f'PRAGMA prev.table_info("{table}")')
+                    if row[1] in UPDATE_SCHEMA[table]["columns"]]
+            names = ", ".join(f'"{c}"' for c in cols)
+            conn.execute(f'INSERT OR IGNORE INTO main."{table}" ({names}) SELECT {names} FROM prev."{table}"')
+        return conn.execute("SELECT count(*) FROM prev.update_runs").fetchone()[0]
+    finally:
+        conn.commit()
+        conn.execute("DETACH DATABASE prev")
 
 
 def _ro_uri(path: Path) -> str:

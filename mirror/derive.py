@@ -139,7 +139,9 @@ class ModelRows:
 
 def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | None:
     """All rows of one model from every snapshot the dump holds of it (None: nothing usable)."""
-    snaps = sorted(snapshots, key=lambda s: (s.fetched_at, s.sha))
+    # An answer kept beside the good copy (a 404 or a worse answer on refresh) was always received
+    # after that copy: within the same second (its name's stamp has no finer part) it is the newer.
+    snaps = sorted(snapshots, key=lambda s: (s.fetched_at, s.path.rpartition("/")[2].count(".") > 1, s.sha))
     if not snaps:
         return None
     full = [s for s in snaps if s.kind == "model"]

@@ -17,7 +17,7 @@ from crawler.jobs import CrawlOptions, run_crawl
 from crawler.limits import FIRST_PAUSE, QUICK_RETRY
 
 
-def _client_options(f):
+def client_options(f):
     """Options shared by crawl and get (the HTTP policy)."""
     options = [
         click.option("--api-base", "api_bases", multiple=True, metavar="URL", envvar="CIVITAI_API_BASE",
@@ -45,7 +45,7 @@ def _client_options(f):
     return f
 
 
-def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb,
+def make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb,
                  max_image_mb=DEFAULT_MAX_IMAGE / MB) -> CivitaiClient:
     for base in api_bases:
         if not base.startswith(("http://", "https://")):
@@ -53,6 +53,28 @@ def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_r
     return CivitaiClient(list(api_bases) or None, api_key=api_key, threads=threads, max_rps=max_rps,
                          retries=retries, timeout=timeout, sleep_retries=sleep_retries, sleep_429=sleep_429,
                          max_body=int(max_body_mb * MB), max_image=int(max_image_mb * MB))
+
+
+def stop_on_signals(console: Console) -> asyncio.Event:
+    """An event set by the first Ctrl-C or SIGTERM (finish what is in flight, write the logs); a
+    second one cancels the running task. Call from inside the event loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal():
+        if stop.is_set():
+            task.cancel()
+        else:
+            stop.set()
+            console.print("stopping after the requests in flight (Ctrl-C again to quit now)")
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_signal)
+        loop.add_signal_handler(signal.SIGTERM, on_signal)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+        pass
+    return stop
 
 
 @click.command(name="crawl")
@@ -79,7 +101,7 @@ def _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_r
 @click.option("--color/--no-color", default=None, help="Colour in the progress bar and summary (default: auto).")
 @json_option("Print the summary as one JSON object on stdout.")
 @verbose_option()
-@_client_options
+@client_options
 def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfound, per_id, confirm_missing,
           stop_after, threads, out, images, image_width, max_image_mb, color, as_json, verbose,
           api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb) -> None:
@@ -114,28 +136,13 @@ def crawl(start, end, retry, discover, recheck_crawled, refresh, recheck_notfoun
                            recheck_crawled=recheck_crawled, refresh=refresh, recheck_notfound=recheck_notfound,
                            per_id=per_id, confirm_missing=confirm_missing, stop_after=stop_after, threads=threads,
                            images=images, image_width=image_width or None)
-    client = _make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429,
+    client = make_client(api_bases, api_key, threads, max_rps, retries, timeout, sleep_retries, sleep_429,
                           max_body_mb, max_image_mb)
 
     console = Console(stderr=True, no_color=(color is False), force_terminal=None)
 
     async def main():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-
-        def on_sigint():
-            if stop.is_set():
-                task.cancel()
-            else:
-                stop.set()
-                console.print("stopping after the requests in flight (Ctrl-C again to quit now)")
-
-        try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-            loop.add_signal_handler(signal.SIGTERM, on_sigint)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
-            pass
+        stop = stop_on_signals(console)
         async with client:
             with progress_bar("crawl", info=True, console=console) as bar:
                 def on_progress(s):
@@ -182,7 +189,7 @@ def _url_for(path: str, base: str) -> str:
 @click.command(name="get")
 @click.argument("path")
 @verbose_option()
-@_client_options
+@client_options
 def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb) -> None:
     """Print one API answer (as JSON) through the crawler's session and retry policy.
 
@@ -195,7 +202,7 @@ def get(path, verbose, api_bases, api_key, max_rps, retries, timeout, sleep_retr
         civitai-mirror get model-versions/by-hash/5B4CD3D7DB
     """
     setup_logging(verbose)
-    client = _make_client(api_bases, api_key, 1, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb)
+    client = make_client(api_bases, api_key, 1, max_rps, retries, timeout, sleep_retries, sleep_429, max_body_mb)
     url = _url_for(path, client.api_bases[0])
 
     async def main():
