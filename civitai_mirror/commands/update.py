@@ -12,13 +12,14 @@ import orjson
 from rich.console import Console
 
 from civitai_mirror.commands.crawl import client_options, make_client, stop_on_signals
-from civitai_mirror.options import (db_option, json_option, progress_bar, require_database, setup_logging,
-                                    verbose_option)
+from civitai_mirror.options import (db_option, human_bytes, json_option, progress_bar, require_database,
+                                    setup_logging, verbose_option)
 from civitai_mirror.update import (DEFAULT_NEWEST, DEFAULT_NIGHTS, EXIT_LOCKED, UpdateLocked, UpdateOptions,
                                    UpdateResult, build_phase, choose_refresh, crawl_phase, update_lock)
 from mirror.build import EmptyDump
 from mirror.changes import KINDS
 
+COPY_NOTE_BYTES = 100_000_000
 SHOWN_CHANGES = 40  # listed one per line in the summary; the rest counted (all are in --json and /-/changes)
 
 
@@ -135,9 +136,16 @@ def _run(options: UpdateOptions, client, console: Console) -> UpdateResult:
         result.interrupted = True
     if result.interrupted:
         return result
+    def on_stage(stage: str) -> None:
+        size = options.db.stat().st_size if stage == "copy" else 0
+        if size >= COPY_NOTE_BYTES:  # a large copy takes a while with nothing else to show
+            console.print(f"copying {options.db} ({human_bytes(size)}) to build into; "
+                          "serve keeps answering from it meanwhile", highlight=False)
+
     with progress_bar("building", console=console) as bar:
         build_phase(options, result, started,
-                    progress=(lambda done, total: bar(completed=done, total=total)) if bar else None)
+                    progress=(lambda done, total: bar(completed=done, total=total)) if bar else None,
+                    on_stage=on_stage)
     return result
 
 
