@@ -195,7 +195,7 @@ def build_phase(options: UpdateOptions, result: UpdateResult, started: float,
     if had_mirror:
         if on_stage:
             on_stage("copy")
-        shutil.copyfile(db, work)
+        copy_file(db, work)
     if on_stage:
         on_stage("build")
     result.build = build_mirror(options.dump, work, progress=progress)
@@ -234,6 +234,27 @@ def build_phase(options: UpdateOptions, result: UpdateResult, started: float,
     os.replace(work, db)
     _fsync(db.parent, directory=True)
     result.run = run
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new ``dst``: ``copy_file_range`` where the OS has it (on XFS and btrfs the
+    copy shares the blocks until they are written: a 20 GB mirror copies in a moment), else an
+    ordinary copy."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            with open(src, "rb") as fin, open(dst, "xb") as fout:
+                left = os.fstat(fin.fileno()).st_size
+                while left > 0:
+                    n = os.copy_file_range(fin.fileno(), fout.fileno(), min(left, 1 << 30))
+                    if n == 0:
+                        break
+                    left -= n
+                if left == 0:
+                    return
+        except OSError:
+            pass
+        dst.unlink(missing_ok=True)
+    shutil.copyfile(src, dst)
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
