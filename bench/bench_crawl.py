@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from crawler.client import CivitaiClient  # noqa: E402
 from crawler.jobs import CrawlOptions, run_crawl  # noqa: E402
-from tests.fakeapi import FakeCivitai, make_model  # noqa: E402
+from remote_fake import RemoteFake, remote_fake  # noqa: E402
 from results import write_section  # noqa: E402
 
 THREADS = 16
@@ -98,66 +98,6 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except OSError:
         return []
-
-
-class FastFake(FakeCivitai):
-    """The test fake, but ``GET /api/v1/models/{id}`` answers from bytes encoded once."""
-
-    def encode_all(self) -> None:
-        self.bodies = {i: self._body(m) for i, m in self.models.items()}
-
-    async def _handle(self, request):
-        from aiohttp import web
-
-        path = request.path
-        tail = path.rsplit("/", 1)[-1]
-        if path.startswith("/api/v1/models/") and tail.isdigit() and not self.scripts:
-            with self._lock:
-                self.requests[path] += 1
-            body = self.bodies.get(int(tail))
-            if body is None:
-                return web.Response(body=self._body({"error": f"No model with id {int(tail)}"}), status=404,
-                                    content_type="application/json")
-            return web.Response(body=body, content_type="application/json")
-        return await super()._handle(request)
-
-
-def serve(n: int, conn) -> None:
-    """Child process: run the fake API and answer "count", "reset" and "stop" over a pipe."""
-    fake = FastFake().start()
-    fake.add_models(make_model(i) for i in range(1, n + 1) if i % 3)
-    fake.encode_all()
-    conn.send(fake.api_base)
-    while True:
-        cmd = conn.recv()
-        if cmd == "count":
-            conn.send(fake.count())
-        elif cmd == "reset":
-            fake.reset_counts()
-            conn.send(None)
-        else:
-            fake.stop()
-            conn.send(None)
-            return
-
-
-class RemoteFake:
-    def __init__(self, conn):
-        self.conn = conn
-        self.api_base = conn.recv()
-
-    def _call(self, cmd):
-        self.conn.send(cmd)
-        return self.conn.recv()
-
-    def count(self) -> int:
-        return self._call("count")
-
-    def reset_counts(self) -> None:
-        self._call("reset")
-
-    def stop(self) -> None:
-        self._call("stop")
 
 
 async def bare_loop(base: str, ids: list[int]) -> int:
@@ -258,18 +198,10 @@ def main() -> None:
     head = next((i for i, (_, _, journaled) in enumerate(locations) if journaled), 0)
     locations.insert(0, locations.pop(head))
 
-    # The fake server runs in its own process, so it does not share the crawler's GIL.
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    pipe, child = ctx.Pipe()
-    proc = ctx.Process(target=serve, args=(n, child), daemon=True)
-    proc.start()
-    fake = RemoteFake(pipe)
     ids = list(range(1, n + 1))
     load = [os.getloadavg()[0]]
     results = []  # (folder, label, rounds)
-    try:
+    with remote_fake(n) as fake:  # in its own process: it does not share the crawler's GIL
         for k, (folder, label, _) in enumerate(locations):
             print(f"dumps in {folder}: {label}", file=sys.stderr)
             with tempfile.TemporaryDirectory(dir=folder, prefix="bench-crawl-") as tmp:
@@ -282,9 +214,6 @@ def main() -> None:
                     asyncio.run(crawl(fake.api_base, Path(tmp) / "batch", 1, n, False))
                     batch_requests = fake.count()
             load.append(os.getloadavg()[0])
-    finally:
-        fake.stop()
-        proc.join(10)
     per_id_requests = n
     found = n - n // 3
     req_ratio = batch_requests / per_id_requests

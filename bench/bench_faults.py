@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from crawler.client import CivitaiClient  # noqa: E402
 from crawler.jobs import CrawlOptions, run_crawl  # noqa: E402
-from tests.fakeapi import FAULT_KINDS, FakeCivitai, make_model  # noqa: E402
 from bench_crawl import describe_fs  # noqa: E402  (the file system of a dump location)
+from remote_fake import FAULT_KINDS, RemoteFake, remote_fake  # noqa: E402
 from results import write_section  # noqa: E402
 
 THREADS = 5
@@ -74,66 +74,6 @@ NOTES = [  # printed under the tables
     "about one request in ten answered 429 (the interval's equilibrium: a 429 slows the requests by "
     "15 %, each success speeds them up 2 %); random 429s below that share leave the speed alone.",
 ]
-
-
-# -- the fake API in its own process ---------------------------------------------------------------
-
-
-class FastFake(FakeCivitai):
-    """The test fake (faults included), but ``/models/{id}`` and ``/models?ids=`` answer from
-    bodies encoded once: its per-request ``json.dumps`` of every model would otherwise be most of
-    what both clients wait for (the same models are serialised either way), hiding the clients."""
-
-    def encode_all(self) -> None:
-        self.bodies = {i: self._body(m) for i, m in self.models.items()}
-
-    def _answer(self, request, raw):
-        parts = request.path.strip("/").split("/")
-        js = "application/json; charset=utf-8"
-        if parts == ["api", "v1", "models"] and "ids" in request.query:
-            wanted = [int(x) for x in request.query["ids"].split(",") if x.isdigit()]
-            items = b",\n".join(self.bodies[i] for i in wanted if i in self.bodies)
-            return 200, b'{"items": [' + items + b'], "metadata": {"nextCursor": null}}', js
-        if parts[:3] == ["api", "v1", "models"] and len(parts) == 4 and parts[3].isdigit():
-            body = self.bodies.get(int(parts[3]))
-            if body is not None:
-                return 200, body, js
-        return super()._answer(request, raw)
-
-
-def serve(n: int, conn) -> None:
-    """Child process: the fake API with models 1..n (every third absent); commands over a pipe."""
-    fake = FastFake().start()
-    fake.add_models(make_model(i) for i in range(1, n + 1) if i % 3)
-    fake.encode_all()
-    conn.send(fake.api_base)
-    while True:
-        cmd, arg = conn.recv()
-        if cmd == "count":
-            conn.send((fake.count(), fake.throttled))
-            continue
-        if cmd == "reset":
-            fake.reset_counts()
-            fake.throttled = 0
-        elif cmd == "faults":
-            fake.faults(arg[0], arg[2] if len(arg) > 2 else FAULT_KINDS, seed=arg[1])
-        elif cmd == "limit":
-            fake.rate_limit(*arg) if arg else fake.rate_limit(None)
-        elif cmd == "stop":
-            fake.stop()
-            conn.send(None)
-            return
-        conn.send(None)
-
-
-class RemoteFake:
-    def __init__(self, conn):
-        self.conn = conn
-        self.api_base = conn.recv()
-
-    def call(self, cmd, arg=None):
-        self.conn.send((cmd, arg))
-        return self.conn.recv()
 
 
 # -- dumptool, reproduced ---------------------------------------------------------------------------
@@ -282,16 +222,9 @@ def main() -> None:
     head = next((i for i, (_, _, journaled) in enumerate(dirs) if journaled), 0)
     dirs.insert(0, dirs.pop(head))
 
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    pipe, child = ctx.Pipe()
-    proc = ctx.Process(target=serve, args=(max(n, args.per_id_ids), child), daemon=True)
-    proc.start()
-    fake = RemoteFake(pipe)
     load = [os.getloadavg()[0]]
     by_dir = []  # (folder, rounds)
-    try:
+    with remote_fake(max(n, args.per_id_ids)) as fake:
         for d, (folder, label, _) in enumerate(dirs):
             rounds = []
             with tempfile.TemporaryDirectory(prefix="bench-faults-", dir=folder) as tmp:
@@ -305,9 +238,6 @@ def main() -> None:
                     rates = per_id_rates(fake, tmp, args.per_id_ids, args.limit_rps)
                     load.append(os.getloadavg()[0])
             by_dir.append((folder, label, rounds))
-    finally:
-        fake.call("stop")
-        proc.join(10)
 
     lines = [
         f"### faults ({date.today().isoformat()})",
