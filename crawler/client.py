@@ -48,11 +48,11 @@ from crawler.bodies import (ACCEPT_ENCODING, DEFAULT_MAX_BODY, DEFAULT_MAX_IMAGE
                             Corrupt, Refused, media_content_type, media_kind, read_body)
 from crawler.layout import loads_lone_surrogates
 from crawler.limits import QUICK_RETRY, RateLimiter, parse_retry_after
+from crawler.site import DEFAULT_API_BASE
 
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = "https://civitai.com/api/v1"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 try:  # the installed distribution's version (civitai_mirror.__version__, through pyproject)
     _VERSION = _metadata.version("civitai-mirror")

@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any
 
+from crawler.site import model_page_url
 from crawler.clock import utc_now
 from matcher.models import MODEL_EXTENSIONS
 from matcher.results import CONFIDENCE, alternates, match_result
@@ -25,7 +26,6 @@ HASH_ORDER: list[tuple[str, str]] = [
     ("SHA256", "sha256"), ("AutoV3", "autov3"), ("AutoV2", "autov2"),
     ("BLAKE3", "blake3"), ("CRC32", "crc32"), ("AutoV1", "autov1"),
 ]
-MODEL_PAGE = "https://civitai.com/models/{model_id}?modelVersionId={version_id}"
 #: a CRC32 hit counts when the Civitai file's size is within this many bytes of the local file's
 _CRC32_SIZE_SLACK = 1024
 
@@ -91,7 +91,7 @@ def enrichment(row: dict, source: str, hash_type: str | None, status: str,
                value: str | None, payload: Any, url: str | None = None) -> dict:
     """A ``model_enrichment`` row: one lookup of a model file (``source`` mirror or api) and its answer."""
     if url is None and payload and isinstance(payload, dict) and payload.get("version_id"):
-        url = MODEL_PAGE.format(model_id=payload.get("model_id"), version_id=payload["version_id"])
+        url = model_page_url(payload.get("model_id"), payload["version_id"])
     return {
         "file_id": row["id"], "source": source, "hash_type": hash_type, "lookup_status": status,
         "display_hash": _display_hash(hash_type, value), "source_url": url,

@@ -10,7 +10,7 @@ from typing import Any
 import sqlite_utils
 
 from crawler.api import fetch_model, fetch_versions_by_hash
-from crawler.client import CivitaiClient, host_of
+from crawler.client import DEFAULT_API_BASE, CivitaiClient, host_of
 from crawler.clock import utc_now
 from crawler.dump import Dump
 from matcher.model_match import enrichment
@@ -20,7 +20,7 @@ from mirror.reader import Mirror
 
 log = logging.getLogger(__name__)
 
-BY_HASH_URL = "https://civitai.com/api/v1/model-versions/by-hash"
+BY_HASH_URL = f"{DEFAULT_API_BASE}/model-versions/by-hash"
 ONLINE_CLIENT_OPTIONS: dict[str, Any] = {}   # extra CivitaiClient options (tests: fewer retries)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
+from crawler.site import download_url
 from mirror.hashes import HASH_TYPES, canonical_type, is_empty_hash, normalize_hash, types_for_length
 from mirror.schema import check_database_file
 
@@ -123,7 +124,7 @@ def lookup_with_conn(conn: sqlite3.Connection, value: str,
         "type": row[7],
         "base_model": row[8],
         "file_name": row[9],
-        "download_url": row[10] or row[11] or f"https://civitai.com/api/download/models/{row[3]}",
+        "download_url": row[10] or row[11] or download_url(row[3]),
         "mode": row[12],
         "candidates": version_ids[1:],
         "match": match,

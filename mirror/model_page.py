@@ -21,6 +21,7 @@ import markupsafe
 import nh3
 from PIL import Image
 
+from crawler.site import model_page_url
 from mirror import answers, browse
 
 #: the description's HTML keeps Ammonia's safe tags without <img>: an image there would be a request
@@ -28,7 +29,6 @@ from mirror import answers, browse
 _DESCRIPTION_TAGS = set(nh3.ALLOWED_TAGS) - {"img"}
 _MODES = {"Archived": "Archived: the files are no longer offered by Civitai",
           "TakenDown": "Taken down by Civitai"}
-CIVITAI = "https://civitai.com"
 
 
 def sanitize(html: Any) -> markupsafe.Markup:
@@ -107,7 +107,7 @@ def _version(version: dict, images: list[dict]) -> dict:
             "description": sanitize(version.get("description")),
             "stats": version.get("stats") if isinstance(version.get("stats"), dict) else {},
             "files": _files(version), "images": images,
-            "civitai_url": f"{CIVITAI}/models/{version.get('modelId') or ''}?modelVersionId={version.get('id')}"}
+            "civitai_url": model_page_url(version.get('modelId') or '', version.get('id'))}
 
 
 def _stats(stats: Any) -> list[tuple[str, Any]]:
@@ -136,7 +136,7 @@ def model_card(conn: sqlite3.Connection, model_id: int) -> dict | None:
             "nsfw": bool(model.get("nsfw")), "mode": mode, "mode_text": _MODES.get(mode or "", mode),
             "stats": _stats(model.get("stats")), "description": sanitize(model.get("description")),
             "base_models": sorted({v["base_model"] for v in versions if v["base_model"]}),
-            "versions": versions, "civitai_url": f"{CIVITAI}/models/{model_id}"}
+            "versions": versions, "civitai_url": model_page_url(model_id)}
 
 
 def version_card(conn: sqlite3.Connection, version_id: int) -> dict | None:

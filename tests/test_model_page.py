@@ -13,7 +13,8 @@ import re
 import pytest
 
 from mirror.build import build_mirror
-from mirror.model_page import CIVITAI, blurhash_png, human_size, sanitize
+from crawler.site import SITE as CIVITAI
+from mirror.model_page import blurhash_png, human_size, sanitize
 from mirror.serve import make_datasette
 from tests.test_mirror_build import copy_dump
 from tests.test_serve_library import build_demo_world
