@@ -8,6 +8,8 @@ import json
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -16,6 +18,7 @@ from mirror import changes_page
 from mirror.build import build_mirror
 from mirror.changes import KINDS, ensure_tables
 from mirror.serve import METADATA_FILE
+from tests.conftest import REPO
 from tests.test_mirror_build import copy_dump
 from tests.test_mirror_serve_live import Server
 
@@ -164,3 +167,19 @@ def test_each_group_is_capped_and_says_how_many_more(dbs, monkeypatch):
     assert [(g["kind"], g["total"], len(g["rows"])) for g in data["groups"]] == [
         ("model_archived", 1, 1), ("version_new", 1, 1)]
     assert changes_page.read_changes(sqlite3.connect(before))["ran"] is False
+
+
+@pytest.mark.parametrize("path,shows", [
+    ("/-/changes", ['href="/civitai/models/101"', "Run 3", "&lt;script&gt;alert(1)&lt;/script&gt;"]),
+    ("/api/v1/models/101", ['"name": "Detail Slider"']),
+])
+def test_a_plain_datasette_serves_the_plugin_from_the_contrib_folder(dbs, path, shows):
+    """What README's publishing recipe gives a published Datasette: the same options on `serve`."""
+    _, db, _ = dbs
+    done = subprocess.run(
+        [sys.executable, "-m", "datasette", "serve", "-i", str(db), "-m", str(METADATA_FILE),
+         "--plugins-dir", str(REPO / "contrib" / "datasette"), "--template-dir", str(REPO / "mirror" / "templates"),
+         "--get", path], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for text in shows:
+        assert text in done.stdout, text
