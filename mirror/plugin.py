@@ -12,6 +12,7 @@ Routes (Civitai's JSON shapes, see mirror.api and mirror.api_list; README.md lis
 * ``GET /-/civitai-images/images/<block>/<file>``: a preview image saved by ``crawl --images``,
   only of the image and video types in ``MEDIA_TYPES`` (the extension came from a URL a stranger
   wrote), with ``X-Content-Type-Options: nosniff``
+* ``GET /-/changes``: what the latest ``civitai-mirror update`` (or ``?run=N``) found (mirror.changes_page)
 
 Not found is 404 with Civitai's body (``No model with id N`` for models, ``Model not found`` for
 versions); bad input is 400 ``{"error": "..."}``.
@@ -33,7 +34,7 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, api_list, browse, library_model, library_view, model_page
+from mirror import api, api_list, browse, changes_page, library_model, library_view, model_page
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
@@ -267,6 +268,7 @@ def register_routes(datasette):
         (r"^/api/v1/enums/?$", enums_view),
         (r"^/api/(?P<rest>.*)$", api_not_found_view),
         (r"^/-/civitai-images/(?P<path>.+)$", image_view),
+        (r"^/-/changes/?$", changes_page.changes_view(_find_db)),
     ]
 
 
