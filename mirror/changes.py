@@ -16,8 +16,10 @@ Kinds of change, in the order a report lists them (``KINDS``):
   whose SHA256 differs from the one the mirror had;
 - ``model_new`` / ``version_new``: new to the mirror (a new model's versions are not listed again).
 
-A change touches the library when a file there is matched to its model (``in_library``,
-``library_paths``); a report lists those first.
+A change touches the library when a file there is matched to its model (``in_library``); a report
+lists those first. Which files those are (``library_paths`` in the command's output) is not stored:
+civitai.sqlite is the file a user serves and shares, and the library's paths are served only from
+library.sqlite, on loopback (the /-/changes page shows them when ``serve --library`` is given).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlite_utils
 
 from mirror.schema import apply_schema
@@ -57,7 +58,7 @@ UPDATE_SCHEMA: dict[str, dict[str, Any]] = {
         "columns": {
             "id": int, "run_id": int, "kind": str, "model_id": int, "version_id": int, "file_id": int,
             "model_name": str, "version_name": str, "type": str, "base_model": str,
-            "old": str, "new": str, "in_library": int, "library_paths": str,
+            "old": str, "new": str, "in_library": int,
         },
         "pk": "id",
         "not_null": {"run_id", "kind", "model_id"},
@@ -219,10 +220,10 @@ def _diff(conn: sqlite3.Connection, run_id: int, library_db: Path | None) -> lis
                                 c["file_id"] or 0))
     conn.executemany(
         "INSERT INTO changes (run_id, kind, model_id, version_id, file_id, model_name, version_name, type, "
-        "base_model, old, new, in_library, library_paths) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "base_model, old, new, in_library) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         [(c["run_id"], c["kind"], c["model_id"], c["version_id"], c["file_id"], c["model_name"],
-          c["version_name"], c["type"], c["base_model"], c["old"], c["new"], c["in_library"],
-          orjson.dumps(c["library_paths"]).decode() if c["library_paths"] else None) for c in changes])
+          c["version_name"], c["type"], c["base_model"], c["old"], c["new"], c["in_library"])
+         for c in changes])
     return changes
 
 

@@ -11,7 +11,6 @@ strangers and the dump: the template escapes every value (Datasette's Jinja auto
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 from datetime import datetime
 from typing import Any, Awaitable, Callable
@@ -23,6 +22,8 @@ from mirror.changes import KINDS
 RUNS_LISTED = 50  # earlier runs listed under the report (all are in the update_runs table)
 PER_GROUP = 500  # changes shown per kind (a full refresh can find thousands; the rest: the table)
 
+MAX_FILES = 5  # library files listed per change (with serve --library)
+
 #: the counts of a run, as the page labels them: (label, update_runs column)
 RUN_COUNTS = [("new ids", "new_ids"), ("refreshed", "refreshed"), ("retried", "retried"),
               ("found", "found"), ("not found", "notfound"), ("errors", "errors"),
@@ -32,7 +33,7 @@ _KIND_ORDER = "CASE kind " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumera
 
 _CHANGES = f"""
 SELECT kind, model_id, version_id, file_id, model_name, version_name, type, base_model, old, new,
-       in_library, library_paths, shown, total
+       in_library, shown, total
 FROM (SELECT *, row_number() OVER w AS shown, count(*) OVER (PARTITION BY in_library, kind) AS total
       FROM changes WHERE run_id = ?
       WINDOW w AS (PARTITION BY in_library, kind ORDER BY model_id, version_id, file_id, id))
@@ -57,12 +58,20 @@ def _has_tables(conn: sqlite3.Connection) -> bool:
     return found == {"update_runs", "changes"}
 
 
-def _paths(value: Any) -> list[str]:
-    try:
-        paths = json.loads(value) if value else []
-    except (TypeError, ValueError):
-        return [str(value)]
-    return [str(p) for p in paths] if isinstance(paths, list) else [str(paths)]
+def library_files(conn: sqlite3.Connection, model_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
+    """Up to ``MAX_FILES`` files of library.sqlite matched to each of ``model_ids``: (file id, path)."""
+    held: dict[int, list[tuple[int, str]]] = {}
+    ids = sorted(set(model_ids))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for model_id, file_id, path in conn.execute(
+                "SELECT m.model_id, f.id, f.path FROM matches m JOIN files f ON f.id = m.file_id "
+                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND NOT coalesce(f.missing, 0) "
+                "ORDER BY m.model_id, f.path", chunk):
+            files = held.setdefault(model_id, [])
+            if len(files) < MAX_FILES:
+                files.append((file_id, path))
+    return held
 
 
 def _took(started: Any, finished: Any) -> str | None:
@@ -89,7 +98,7 @@ def read_changes(conn: sqlite3.Connection, run_id: int | None = None) -> dict[st
         "FROM update_runs ORDER BY id DESC LIMIT ?", (RUNS_LISTED,))
     names = [d[0] for d in conn_rows.description]
     runs = [dict(zip(names, r)) for r in conn_rows]
-    if run_id is None and not runs:
+    if not runs:
         return {"ran": False, "runs": [], "run": None, "groups": []}
     cursor = conn.execute("SELECT * FROM update_runs WHERE id = ?", (run_id if run_id is not None else runs[0]["id"],))
     row = cursor.fetchone()
@@ -103,7 +112,6 @@ def read_changes(conn: sqlite3.Connection, run_id: int | None = None) -> dict[st
     names = [d[0] for d in cursor.description]
     for values in cursor:
         change = dict(zip(names, values))
-        change["paths"] = _paths(change.pop("library_paths"))
         key = (bool(change["in_library"]), change["kind"])
         if not groups or groups[-1]["key"] != key:
             groups.append({"key": key, "in_library": key[0], "kind": key[1],
@@ -131,6 +139,19 @@ def changes_view(find_db: Callable[[Any], Awaitable[Any]]):
         else:
             data = await db.execute_fn(lambda conn: read_changes(conn, run_id))
         data["db_name"] = db.name if db is not None else None
+        # Which of your files a change touches: only from library.sqlite, which serve offers on
+        # loopback only (civitai.sqlite, the file users share, stores just in_library).
+        library = datasette.databases.get("library")
+        data["library_db"] = library.name if library is not None else None
+        held = [c["model_id"] for g in data["groups"] if g["in_library"] for c in g["rows"]]
+        if library is not None and held:
+            try:
+                files = await library.execute_fn(lambda conn: library_files(conn, held))
+            except sqlite3.Error:  # a library never matched: no matches table yet
+                files = {}
+            for group in data["groups"]:
+                for change in group["rows"]:
+                    change["files"] = files.get(change["model_id"], [])
         data["page"] = datasette.urls.path("/-/changes")
         if data["ran"] and data["run"] is None:
             data["error"] = f"No update run {run_id}"

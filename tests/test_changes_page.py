@@ -17,6 +17,7 @@ import yaml
 from mirror import changes_page
 from mirror.build import build_mirror
 from mirror.changes import KINDS, ensure_tables
+from matcher.schema import open_library
 from mirror.serve import METADATA_FILE
 from tests.conftest import REPO
 from tests.test_mirror_build import copy_dump
@@ -30,16 +31,16 @@ RUNS = [  # id, started_at, finished_at, new_ids, refreshed, notfound, errors, r
     (3, "2026-12-03T03:00:00Z", "2026-12-03T03:05:00Z", 2650, 7790, 1850, 0, 104, 4, 1, 0),
 ]
 
-CHANGES = [  # run, kind, model, version, file, model name, version name, old, new, in library, paths
-    (2, "model_archived", 104, None, None, "Old Run Model", None, None, "Archived", 0, None),
-    (2, "version_new", 107, 1070, None, "Run Two Model", "v2", None, "v2", 0, None),
-    (3, "model_taken_down", 103, None, None, HOSTILE, None, None, "TakenDown", 0, None),
-    (3, "model_new", 300, None, None, "Brand New", None, None, None, 0, None),
-    (3, "file_hash_changed", 102, 1020, 2020, "Mix Checkpoint", "v1", "AA" * 32, "BB" * 32, 0, None),
+CHANGES = [  # run, kind, model, version, file, model name, version name, old, new, in library
+    (2, "model_archived", 104, None, None, "Old Run Model", None, None, "Archived", 0),
+    (2, "version_new", 107, 1070, None, "Run Two Model", "v2", None, "v2", 0),
+    (3, "model_taken_down", 103, None, None, HOSTILE, None, None, "TakenDown", 0),
+    (3, "model_new", 300, None, None, "Brand New", None, None, None, 0),
+    (3, "file_hash_changed", 102, 1020, 2020, "Mix Checkpoint", "v1", "AA" * 32, "BB" * 32, 0),
     # a version_new comes after taken down / hash changed in KINDS: first only because you hold it
-    (3, "version_new", 101, 1011, None, "Detail Slider", "v1.1", None, "v1.1", 1,
-     json.dumps(["/loras/detail_slider_v11.safetensors", "/backup/<b>odd</b>.safetensors"])),
+    (3, "version_new", 101, 1011, None, "Detail Slider", "v1.1", None, "v1.1", 1),
 ]
+LIBRARY_FILES = [(1, "/loras/detail_slider_v11.safetensors"), (2, "/backup/<b>odd</b>.safetensors")]
 
 
 def add_updates(db) -> None:
@@ -50,7 +51,15 @@ def add_updates(db) -> None:
             "requests, changes, library_changes, baseline) VALUES (?,?,?,?,?,?,?,?,?,?,?)", RUNS)
         conn.executemany(
             "INSERT INTO changes (run_id, kind, model_id, version_id, file_id, model_name, version_name, "
-            "old, new, in_library, library_paths) VALUES (?,?,?,?,?,?,?,?,?,?,?)", CHANGES)
+            "old, new, in_library) VALUES (?,?,?,?,?,?,?,?,?,?)", CHANGES)
+
+
+def make_library(path) -> None:
+    """A library.sqlite whose two files are matched to model 101."""
+    library = open_library(path)
+    library["files"].insert_all({"id": i, "path": p, "kind": "model"} for i, p in LIBRARY_FILES)
+    library["matches"].insert_all({"file_id": i, "model_id": 101, "version_id": 1011} for i, _ in LIBRARY_FILES)
+    library.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +70,15 @@ def dbs(tmp_path_factory):
     (tmp / "before").mkdir()
     shutil.copy(db, tmp / "before" / "civitai.sqlite")  # a mirror no update has run on
     add_updates(db)
+    (tmp / "lib").mkdir()  # not beside the mirror, which serve would show without being asked
+    make_library(tmp / "lib" / "library.sqlite")
     return tmp, db, tmp / "before" / "civitai.sqlite"
 
 
 @pytest.fixture(scope="module")
 def server(dbs):
     tmp, db, _ = dbs
-    running = Server(tmp, "--db", str(db))
+    running = Server(tmp, "--db", str(db), "--library", str(tmp / "lib" / "library.sqlite"))
     yield running
     running.stop()
 
@@ -89,7 +100,7 @@ def test_the_latest_run_library_change_first_and_everything_escaped(server):
                                      "taken down (1)", "file hash changed (1)", "new model (1)")]
     assert order == sorted(order)
     assert text.index("Detail Slider") < text.index(html.escape(HOSTILE))
-    assert "/loras/detail_slider_v11.safetensors" in text
+    assert '/library/files/1">/loras/detail_slider_v11.safetensors</a>' in text  # your files, from the library
     assert "&lt;b&gt;odd&lt;/b&gt;" in text and "<b>odd</b>" not in text
     # a stranger's model name is text, never markup
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -121,11 +132,22 @@ def test_the_canned_query_lists_the_latest_run_library_first(server):
     assert [(r["kind"], r["model_id"], r["in_library"]) for r in rows] == [
         ("version_new", 101, 1), ("model_taken_down", 103, 0), ("file_hash_changed", 102, 0),
         ("model_new", 300, 0)]
-    assert rows[0]["library_paths"].startswith('["/loras/detail_slider_v11.safetensors"')
+    assert "library_paths" not in rows[0]  # the shared file holds no path of yours
     assert rows[1]["model_name"] == HOSTILE and rows[2]["old"] == "AA" * 32
     status, text = page(server, "/civitai/latest_changes")
     assert status == 200 and "Latest changes upstream" in text
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_without_the_library_the_page_says_held_but_names_no_file(dbs):
+    tmp, db, _ = dbs
+    alone = Server(tmp, "--db", str(db))
+    try:
+        status, text = page(alone, "/-/changes")
+        assert status == 200 and "Detail Slider" in text and "serve --library</code> shows which" in text
+        assert "detail_slider_v11" not in text
+    finally:
+        alone.stop()
 
 
 def test_the_home_page_links_the_changes(server):
@@ -142,9 +164,9 @@ def test_before_any_update(dbs):
         assert "No update has run yet" in text and "Run " not in text
         status, text = page(empty, "/-/changes?run=1")
         assert status == 200 and "No update has run yet" in text
-        # the canned query needs the table the first update makes, and says which
-        status, text = page(empty, "/civitai/latest_changes")
-        assert status == 400 and "no such table: changes" in text
+        # every build makes the (empty) tables: the canned query answers before the first update
+        status, _, body = empty.get("/civitai/latest_changes.json?_shape=objects")
+        assert status == 200 and json.loads(body)["rows"] == []
     finally:
         empty.stop()
 
