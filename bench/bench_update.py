@@ -16,9 +16,9 @@ RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_build import make_dump  # noqa: E402
-from civitai_mirror.update import UpdateOptions, UpdateResult, build_phase  # noqa: E402
+from civitai_mirror.update import UpdateOptions, UpdateResult, build_phase, copy_file  # noqa: E402
 from mirror.build import build_mirror  # noqa: E402
 from results import write_section  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> None:
         db = root / "civitai.sqlite"
         build_mirror(dump, db)
         plain = root / "plain.sqlite"
-        shutil.copyfile(db, plain)
+        copy_file(db, plain)
         time.sleep(1.1)  # file times to the second: the rewrites must look newer
         changed = night_upstream(dump, args.models, args.changed)
 
@@ -77,8 +77,13 @@ def main() -> None:
         baseline = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        shutil.copyfile(db, root / "copy-only.sqlite")
+        copy_file(db, root / "copy-only.sqlite")
         copy_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fd = os.open(root / "copy-only.sqlite", os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        fsync_s = time.perf_counter() - t0
         (root / "copy-only.sqlite").unlink()
 
         result = UpdateResult()
@@ -91,7 +96,8 @@ def main() -> None:
         f"{args.models:,} models, {changed:,} changed upstream ({args.changed:g} %), "
         f"mirror {size / 1e6:.0f} MB",
         f"baseline (build in place): {baseline:.2f} s",
-        f"update build phase: {update_s:.2f} s (copy {copy_s:.2f} s of it); {len(result.changes):,} changes",
+        f"update build phase: {update_s:.2f} s; {len(result.changes):,} changes",
+        f"of which, timed alone: the copy {copy_s:.2f} s, its fsync before the rename {fsync_s:.2f} s",
         f"update ÷ baseline: {ratio:.2f}",
     ]
     print("\n".join(lines))
@@ -99,7 +105,12 @@ def main() -> None:
         write_section("update", "\n".join([
             f"## update (issue 17, {time.strftime('%Y-%m-%d')}, `python bench/bench_update.py "
             f"--models {args.models} --changed {args.changed:g}`, {platform.machine()})", "",
-            *[f"- {line}" for line in lines]]))
+            *[f"- {line}" for line in lines], "",
+            "No goal was set. What update adds to a build is its safety: a copy of the mirror to build in "
+            "(linear in the mirror's size; on XFS or btrfs copy_file_range clones it), the fsync of that "
+            "copy before it replaces the served file, and the diff of the models the build touched "
+            "(the rest). At the full catalogue the copy and its fsync dominate: minutes for a 10 GB "
+            "mirror on an SSD, against the hours the crawl waits on the API at 2 requests/s."]))
 
 
 if __name__ == "__main__":

@@ -70,45 +70,47 @@ UPDATE_SCHEMA: dict[str, dict[str, Any]] = {
 
 # One SELECT per kind over the touched models (temp table ``touched``), giving
 # (model_id, version_id, file_id, old, new). ``main`` is the new build, ``old`` the served mirror.
+# CROSS JOIN keeps ``touched`` the outer loop (SQLite takes it as written): without statistics on
+# the temp table the planner would scan a whole table of the mirror instead.
 _DIFFS: dict[str, str] = {
     "model_new": """
-        SELECT m.id, NULL, NULL, NULL, m.mode FROM touched t JOIN main.models m ON m.id = t.id
+        SELECT m.id, NULL, NULL, NULL, m.mode FROM touched t CROSS JOIN main.models m ON m.id = t.id
         WHERE NOT EXISTS (SELECT 1 FROM old.models o WHERE o.id = m.id)""",
     "model_taken_down": """
-        SELECT m.id, NULL, NULL, o.mode, m.mode FROM touched t JOIN main.models m ON m.id = t.id
+        SELECT m.id, NULL, NULL, o.mode, m.mode FROM touched t CROSS JOIN main.models m ON m.id = t.id
         JOIN old.models o ON o.id = m.id
         WHERE m.mode = 'TakenDown' AND o.mode IS NOT 'TakenDown'""",
     "model_archived": """
-        SELECT m.id, NULL, NULL, o.mode, m.mode FROM touched t JOIN main.models m ON m.id = t.id
+        SELECT m.id, NULL, NULL, o.mode, m.mode FROM touched t CROSS JOIN main.models m ON m.id = t.id
         JOIN old.models o ON o.id = m.id
         WHERE m.mode = 'Archived' AND o.mode IS NOT 'Archived'""",
     "model_gone": """
-        SELECT m.id, NULL, NULL, NULL, '404' FROM touched t JOIN main.models m ON m.id = t.id
+        SELECT m.id, NULL, NULL, NULL, '404' FROM touched t CROSS JOIN main.models m ON m.id = t.id
         JOIN old.models o ON o.id = m.id WHERE m._gone = 1 AND o._gone = 0""",
     "model_restored": """
         SELECT m.id, NULL, NULL, CASE WHEN o._gone = 1 THEN '404' ELSE o.mode END, m.mode
-        FROM touched t JOIN main.models m ON m.id = t.id JOIN old.models o ON o.id = m.id
+        FROM touched t CROSS JOIN main.models m ON m.id = t.id JOIN old.models o ON o.id = m.id
         WHERE (o._gone = 1 OR o.mode IN ('Archived', 'TakenDown'))
           AND m._gone = 0 AND m.mode IS NOT 'Archived' AND m.mode IS NOT 'TakenDown'""",
     "version_new": """
         SELECT v.model_id, v.id, NULL, NULL, v.name FROM touched t
-        JOIN main.model_versions v ON v.model_id = t.id
+        CROSS JOIN main.model_versions v ON v.model_id = t.id
         WHERE EXISTS (SELECT 1 FROM old.models o WHERE o.id = t.id)
           AND NOT EXISTS (SELECT 1 FROM old.model_versions ov WHERE ov.id = v.id)""",
     "version_removed": """
         SELECT v.model_id, v.id, NULL, NULL, NULL FROM touched t
-        JOIN main.model_versions v ON v.model_id = t.id
+        CROSS JOIN main.model_versions v ON v.model_id = t.id
         JOIN old.model_versions ov ON ov.id = v.id
         WHERE v._archived = 1 AND ov._archived = 0""",
     "file_removed": """
         SELECT f.model_id, f.version_id, f.id, f.name, NULL FROM touched t
-        JOIN main.model_files f ON f.model_id = t.id
+        CROSS JOIN main.model_files f ON f.model_id = t.id
         JOIN old.model_files ofl ON ofl.id = f.id
         JOIN main.model_versions v ON v.id = f.version_id
         WHERE f._archived = 1 AND ofl._archived = 0 AND v._archived = 0""",
     "file_hash_changed": """
         SELECT f.model_id, f.version_id, f.id, ofl.sha256, f.sha256 FROM touched t
-        JOIN main.model_files f ON f.model_id = t.id
+        CROSS JOIN main.model_files f ON f.model_id = t.id
         JOIN old.model_files ofl ON ofl.id = f.id
         WHERE f.sha256 IS NOT NULL AND ofl.sha256 IS NOT NULL AND upper(f.sha256) != upper(ofl.sha256)""",
 }
