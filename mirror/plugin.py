@@ -33,7 +33,7 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, api_list, browse, library_model, library_view, model_page
+from mirror import api, api_list, browse, facets, library_model, library_view, model_page
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
@@ -268,6 +268,13 @@ def register_routes(datasette):
         (r"^/api/(?P<rest>.*)$", api_not_found_view),
         (r"^/-/civitai-images/(?P<path>.+)$", image_view),
     ]
+
+
+@hookimpl(hookwrapper=True)
+def register_facet_classes():
+    # Datasette's column and array facets, answered from the counts build saved (mirror.facets)
+    outcome = yield
+    outcome.force_result(facets.precomputed_classes(outcome.get_result()))
 
 
 @hookimpl
