@@ -110,12 +110,13 @@ def main() -> None:
 Every browsing page of `serve` over a generated mirror of {n:,} models (bench_build's generator),
 asked through Datasette's in-process client: median of {args.rounds} after one warm-up, on
 {platform.machine()} with {platform.python_version()}. Goal: each under {GOAL_MS} ms; slowest {worst:.0f} ms.
+
 "Datasette's facets": its own facet classes, which scan the table for each facet on every page (an
-array facet also de-duplicates whole rows, and each stops at `facet_time_limit_ms`, 200 ms, shown as
-timed out). "mirror.facets": a page without filters reads the counts `build` saved in
-`_facet_counts`; a filtered page counts its rows (array facets from the key and the array only), its
-facets sharing {facets.FACET_BUDGET_MS} ms; no facet suggestions on a filtered page over
-{facets.SUGGEST_MAX_ROWS:,} rows.
+array facet also de-duplicates whole rows; each stops at `facet_time_limit_ms`, 200 ms, and is
+listed as timed out). "mirror.facets": a page without filters reads the counts `build` saved in
+`_facet_counts`; a filtered page counts its own rows (an array facet from the key and the array
+only), its facets sharing {facets.FACET_BUDGET_MS} ms; no facet suggestions on a filtered page of
+over {facets.SUGGEST_MAX_ROWS:,} rows. Both columns read the same mirror (array columns indexed).
 
 | page | status | Datasette's facets, ms | mirror.facets, ms |
 |---|---|---|---|
