@@ -45,8 +45,9 @@ def pages(db: Path) -> list[str]:
                                   (model_id,)).fetchone()[0]
         word = conn.execute("SELECT name FROM models WHERE id = ?", (model_id,)).fetchone()[0].split()[0]
         image_id = conn.execute("SELECT id FROM images LIMIT 1").fetchone()[0]
-        tag = conn.execute("SELECT json_extract(tags, '$[0]') FROM models WHERE id = ?",
-                           (model_id,)).fetchone()[0]
+        tag = conn.execute("SELECT json_extract(tags, '$[0]') FROM models WHERE json_valid(tags) "
+                           "AND json_array_length(tags) > 0 ORDER BY downloadCount DESC LIMIT 1"
+                           ).fetchone()[0]
     finally:
         conn.close()
     return ["/", "/civitai", "/civitai/models", "/civitai/models?type=LORA",
