@@ -23,8 +23,9 @@ from datasette.facets import ArrayFacet, ColumnFacet, load_facet_configs
 from datasette.utils import escape_sqlite, path_with_added_args, path_with_removed_args
 
 FACET_TABLE = "_facet_counts"
-#: what the facets of one filtered page may take together (each also within facet_time_limit_ms);
-#: the ones not done by then are listed as timed out, as Datasette lists a slow facet
+#: what the facets one page counts by a scan may take together (each also within Datasette's
+#: facet_time_limit_ms); the ones not done by then are listed as timed out, as Datasette lists a
+#: slow facet. Saved counts take no part of it.
 FACET_BUDGET_MS = 250
 #: a filtered page over more rows than this gets no facet suggestions
 SUGGEST_MAX_ROWS = 10_000
