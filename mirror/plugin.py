@@ -11,7 +11,9 @@ Routes (Civitai's JSON shapes, see mirror.api and mirror.api_list; README.md lis
 * any other ``/api/...``: 404 ``{"error": "Not found"}``, JSON like every answer there
 * ``GET /-/civitai-images/images/<block>/<file>``: a preview image saved by ``crawl --images``,
   only of the image and video types in ``MEDIA_TYPES`` (the extension came from a URL a stranger
-  wrote), with ``X-Content-Type-Options: nosniff``
+  wrote), with ``X-Content-Type-Options: nosniff``; ``GET /-/civitai-images/library/<file id>``:
+  a model's ``<name>.preview.png`` (.jpg, .jpeg, .webp) sidecar the library's scan found, only as
+  an image type, the same way (the library overview's thumbnails)
 * ``GET /-/changes``: what the latest ``civitai-mirror update`` (or ``?run=N``) found (mirror.changes_page)
 
 Not found is 404 with Civitai's body (``No model with id N`` for models, ``Model not found`` for
@@ -34,10 +36,11 @@ from datasette.plugins import pm
 from datasette.utils.asgi import Response, asgi_send_file
 from datasette.views.base import DatasetteError
 
-from mirror import api, api_list, browse, changes_page, library_model, library_view, model_page
+from mirror import api, api_list, browse, changes_page, facets, library_model, library_view, model_page
 
 PLUGIN = "civitai-mirror"
 _LOCAL_IMAGE = re.compile(r"^images/\d{8}/\d+\.([A-Za-z0-9]+)$")
+_LIBRARY_PREVIEW = re.compile(r"^library/(\d+)$")
 #: what a saved preview may be served as, by its extension; anything else is not served
 MEDIA_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png", "webp": "image/webp",
                "gif": "image/gif", "avif": "image/avif", "mp4": "video/mp4", "webm": "video/webm"}
@@ -197,17 +200,34 @@ async def _dump_dir(datasette) -> Path | None:
     return Path(row[0]) if row else None
 
 
-async def image_view(datasette, request, send):
-    rel = request.url_vars["path"]
+async def _saved_file(datasette, rel: str) -> tuple[Path, str] | None:
+    """A preview under the dump folder, and its media type (None: not one we serve)."""
     media_type = _media_type(rel)
     dump = await _dump_dir(datasette) if media_type else None
     if dump is None:
-        await _error("Image not found", 404).asgi_send(send)
-        return
+        return None
     path = (dump / rel).resolve()
-    if dump.resolve() not in path.parents or not path.is_file():
+    return (path, media_type) if dump.resolve() in path.parents else None
+
+
+async def _sidecar_file(datasette, rel: str) -> tuple[Path, str] | None:
+    """A model's preview sidecar in the library, and its media type (images only)."""
+    match, library = _LIBRARY_PREVIEW.match(rel), datasette.databases.get("library")
+    if match is None or library is None:
+        return None
+    file_id = int(match.group(1))
+    found = await library.execute_fn(lambda conn: library_model.preview_sidecar_path(conn, file_id))
+    media_type = MEDIA_TYPES.get(Path(found).suffix.lower().lstrip(".")) if found else None
+    return (Path(found), media_type) if media_type and media_type.startswith("image/") else None
+
+
+async def image_view(datasette, request, send):
+    rel = request.url_vars["path"]
+    found = await (_sidecar_file if rel.startswith("library/") else _saved_file)(datasette, rel)
+    if found is None or not found[0].is_file():
         await _error("Image not found", 404).asgi_send(send)
         return
+    path, media_type = found
     await asgi_send_file(send, str(path), content_type=media_type, headers={
         "Cache-Control": "max-age=86400", "X-Content-Type-Options": "nosniff"})
 
@@ -272,6 +292,13 @@ def register_routes(datasette):
     ]
 
 
+@hookimpl(hookwrapper=True)
+def register_facet_classes():
+    # Datasette's column and array facets, answered from the counts build saved (mirror.facets)
+    outcome = yield
+    outcome.force_result(facets.precomputed_classes(outcome.get_result()))
+
+
 @hookimpl
 def asgi_wrapper(datasette):
     return lambda app: browse.default_columns(app, datasette, PLUGIN)
@@ -283,9 +310,30 @@ def skip_csrf(datasette, scope):
     return scope.get("path", "").startswith("/api/v1/")
 
 
+async def _model_thumbnail(datasette, file_id):
+    """The overview's thumbnail of a model file: its preview sidecar, else its matched version's
+    saved preview, both through ``/-/civitai-images/`` (None: neither)."""
+    if not isinstance(file_id, int):
+        return None
+    found = await datasette.databases["library"].execute_fn(
+        lambda conn: library_model.overview_preview(conn, file_id))
+    if found is None:
+        return None
+    source, key = found
+    if source == "saved" and not (_media_type(key) or "").startswith("image/"):
+        return None
+    src = datasette.urls.path(f"/-/civitai-images/library/{key}" if source == "sidecar"
+                              else f"/-/civitai-images/{key}")
+    return markupsafe.Markup(
+        '<img class="library-thumb library-model-thumb" src="{}" alt="{}" loading="lazy" '
+        'style="max-width:128px;max-height:128px">').format(src, f"preview ({source})")
+
+
 @hookimpl
-def render_cell(value, column, table, database, datasette):
+def render_cell(row, value, column, table, database, datasette):
     if database == "library":
+        if table == "file_overview" and column == "thumbnail" and value is None and row is not None:
+            return _model_thumbnail(datasette, row["file_id"] if "file_id" in row.keys() else None)
         return library_view.render_library_cell(value, column, table, datasette)
     shown = browse.display_cell(value, column, table)
     if shown is not None:

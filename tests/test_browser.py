@@ -1,10 +1,11 @@
 """A real browser over `civitai-mirror serve`: headless Chromium (Debian's /usr/bin/chromium) driven
 by Playwright, against a server started as a subprocess over the demo data.
 
-Skips when chromium or the playwright package is absent. Saves docs/library.png (a file's page) and
-docs/model.png (a model's page; the README shows both) only when SAVE_SCREENSHOT=1, so an ordinary
-run never dirties the checkout; otherwise the screenshots go to the test's tmp folder and are checked
-to be real PNGs.
+Opens each page kind (home, models table, a model, a version, images, library overview, a library
+file, a LoRA's page, a canned query), checks what it shows and takes a screenshot of it. Skips when
+chromium or the playwright package is absent. The screenshots go to docs/<kind>.png (the README shows
+them) only when SAVE_SCREENSHOT=1, so an ordinary run never dirties the checkout; otherwise to the
+test's tmp folder, checked to be real, small PNGs either way.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parent.parent
-SCREENSHOT = REPO / "docs" / "library.png"
-SCREENSHOT_MODEL = REPO / "docs" / "model.png"
+DOCS = REPO / "docs"
+MAX_PNG_BYTES = 150_000
 
 
 def _free_port() -> int:
@@ -92,15 +93,32 @@ def page(sync_playwright, server):
         browser.close()
 
 
-def _screenshot(page, target: Path) -> None:
+def _shot(page, name: str, tmp_path: Path, start: str | None = None, height: int = 640) -> None:
+    """Screenshot as docs/<name>.png (SAVE_SCREENSHOT=1) or in tmp_path: the page's top, or from
+    the element ``start`` down (a table page's row count, past its column descriptions)."""
+    folder = DOCS if os.environ.get("SAVE_SCREENSHOT") == "1" else tmp_path
+    if start:
+        page.locator(start).first.evaluate(
+            "el => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - 8)")
+    _screenshot(page, folder / f"{name}.png", height)
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def _screenshot(page, target: Path, height: int = 640) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target), clip={"x": 0, "y": 0, "width": 1280, "height": 640})
+    page.screenshot(path=str(target), clip={"x": 0, "y": 0, "width": 1280, "height": height})
     from PIL import Image
 
     with Image.open(target) as shot:  # a 256-colour PNG keeps the committed file small
-        assert shot.size == (1280, 640)
+        assert shot.size == (1280, height)
         shot.convert("RGB").quantize(colors=256).save(target, optimize=True)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert target.stat().st_size <= MAX_PNG_BYTES
+
+
+def _decoded(locator) -> list[int]:
+    """Natural widths of the images (0: not loaded or not decoded)."""
+    return locator.evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
 
 
 def test_library_overview_page(page, server, tmp_path):
@@ -132,8 +150,7 @@ def test_file_detail_page_and_links(page, server, tmp_path):
     assert "a paper cut landscape at dawn, layered hills" in summary
     assert page.locator(".library-thumbnail img").evaluate("i => i.naturalWidth") > 0
     assert page.locator(".library-match").inner_text().startswith("Model")
-    target = SCREENSHOT if os.environ.get("SAVE_SCREENSHOT") == "1" else tmp_path / "library.png"
-    _screenshot(page, target)
+    _shot(page, "library", tmp_path)
     # LoRA → the local file page, then its Civitai version in the mirror.
     page.locator(".library-loras a", has_text="local file").click()
     page.wait_for_url("**/library/files/*")
@@ -158,8 +175,7 @@ def test_model_page_card(page, server, tmp_path):
     # the previews not saved locally are BlurHash placeholders drawn here, and they decode
     widths = card.locator("img.civitai-blurhash").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
     assert widths and all(w > 0 for w in widths), widths
-    target = SCREENSHOT_MODEL if os.environ.get("SAVE_SCREENSHOT") == "1" else tmp_path / "model.png"
-    _screenshot(page, target)
+    _shot(page, "model", tmp_path)
     card.locator(".civitai-library a", has_text="dreamy_mix_v2.safetensors").click()
     page.wait_for_url("**/library/files/*")
     assert "dreamy_mix_v2.safetensors" in page.locator(".library-summary h2").inner_text()
@@ -167,10 +183,12 @@ def test_model_page_card(page, server, tmp_path):
     assert "Taken down" in page.locator(".civitai-mode").inner_text()
 
 
-def test_home_page_search(page, server):
+def test_home_page_search(page, server, tmp_path):
     base, _ = server
     page.goto(f"{base}/")
     assert "30 models" in page.locator(".home-mirror").inner_text()
+    assert "Library overview" in page.locator(".home-library").inner_text()
+    _shot(page, "home", tmp_path)
     page.locator(".home-search input[type=search]").fill("dreamy")
     page.locator(".home-search input[type=submit]").click()
     page.wait_for_url("**/civitai/models?_search=dreamy*")
@@ -179,13 +197,77 @@ def test_home_page_search(page, server):
     assert page.locator(".civitai-card h1").inner_text() == "Dreamy Mix"
 
 
-def test_canned_query_page(page, server):
+def test_canned_query_page(page, server, tmp_path):
     base, _ = server
     page.goto(f"{base}/library/held_models_gone")
     assert "Models gone from Civitai that you hold" in page.locator("h1").inner_text()
     table = page.locator("table.rows-and-columns").inner_text()
     assert "line_guide.safetensors" in table and "Line Guide" in table and "gone (404)" in table
     assert "old_realism.ckpt" in table and "Archived" in table
+    _shot(page, "query", tmp_path, start="table.rows-and-columns")
     page.locator("table.rows-and-columns td.col-model_id a", has_text="180").click()
     page.wait_for_url("**/civitai/models/180")
     assert "Line Guide" in page.locator("table.rows-and-columns").inner_text()
+
+
+def test_models_table_page(page, server, tmp_path):
+    base, _ = server
+    page.goto(f"{base}/civitai/models")
+    assert page.locator("h1").inner_text().strip() == "models"
+    assert "30 rows" in page.locator("h3").first.inner_text()
+    for facet in ("type", "baseModels", "tags", "mode"):
+        assert page.locator(f"#facet-{facet}").is_visible(), facet
+    assert "LORA" in page.locator("#facet-type").inner_text()
+    table = page.locator("table.rows-and-columns")
+    assert "Dreamy Mix" in table.inner_text()
+    assert table.locator("th", has_text="description_text").count() == 0  # hidden by default
+    _shot(page, "models", tmp_path, start="h3", height=860)
+    page.locator("#facet-type a", has_text="LORA").click()
+    page.wait_for_url("**/civitai/models?*type=LORA*")
+    assert "Paper Cut Style" in page.locator("table.rows-and-columns").inner_text()
+
+
+def test_version_page_card(page, server, tmp_path):
+    base, _ = server
+    page.goto(f"{base}/civitai/model_versions/1301")
+    card = page.locator(".civitai-card")
+    assert "Paper Cut Style: v1" in card.locator("h1").inner_text()
+    text = card.inner_text()
+    assert "SDXL 1.0" in text and "paper_cut_style.safetensors" in text
+    assert "paper_cut_style.safetensors" in card.locator(".civitai-library").inner_text()
+    _shot(page, "version", tmp_path)
+
+
+def test_images_table_page(page, server, tmp_path):
+    base, _ = server
+    page.goto(f"{base}/civitai/images")
+    assert page.locator("h1").inner_text().strip() == "images"
+    assert "Preview images of each version" in page.locator(".metadata-description").inner_text()
+    drawn = page.locator("table.rows-and-columns td.col-hash img")  # BlurHash, drawn by the server
+    assert drawn.count() > 0 and all(w > 0 for w in _decoded(drawn))
+    _shot(page, "images", tmp_path, start="h3")
+
+
+def test_library_overview_of_model_files(page, server, tmp_path):
+    base, _ = server
+    page.goto(f"{base}/library/file_overview?kind=model&_sort=path")
+    row = page.locator("table.rows-and-columns tbody tr", has_text="paper_cut_style.safetensors")
+    thumb = row.locator("img.library-model-thumb")  # the .preview.png sidecar beside it, served
+    assert thumb.get_attribute("src").startswith("/-/civitai-images/library/")
+    assert thumb.count() == 1 and _decoded(thumb)[0] > 0
+    assert "Paper Cut Style" in row.inner_text() and "SHA256" in row.inner_text()
+    _shot(page, "overview", tmp_path, start="table.rows-and-columns")
+
+
+def test_lora_file_page(page, server, tmp_path):
+    base, _ = server
+    page.goto(f"{base}/library/file_overview?kind=model&_sort=path")
+    row = page.locator("table.rows-and-columns tbody tr", has_text="paper_cut_style.safetensors")
+    row.locator("td.col-file_id a").click()
+    page.wait_for_url("**/library/files/*")
+    summary = page.locator(".library-file")
+    assert "loras/paper_cut_style.safetensors" in summary.locator("h2").inner_text()
+    assert _decoded(summary.locator("img.library-model-preview"))[0] > 0
+    assert summary.locator(".library-trigger-words code").count() > 0
+    assert "00001-3141592653.png" in summary.locator(".library-used-by").inner_text()
+    _shot(page, "lora", tmp_path)
