@@ -63,21 +63,26 @@ def _count_sql(table: str, facet_type: str, column: str) -> str:
             f"json_each(t.{c}) j WHERE t.{c} IS NOT NULL AND json_valid(t.{c})) GROUP BY value")
 
 
-def save_facet_counts(conn: sqlite3.Connection, metadata: dict[str, Any] | None = None) -> int:
+def save_facet_counts(conn: sqlite3.Connection, metadata: dict[str, Any] | None = None,
+                      tables: set[str] | None = None) -> int:
     """Count every configured facet of the mirror's tables into ``_facet_counts`` (replacing what
     was there), and index each array facet's column (``<table>_<column>_facet``: a filter on one
     of its values, ``tags__arraycontains=anime``, then reads that small index, not every row);
-    returns the count rows written. Not committed: the caller's commit takes it."""
+    returns the count rows written. ``tables``: count only those (the others' counts stay).
+    Not committed: the caller's commit takes it."""
     if metadata is None:
         with open(METADATA_FILE, encoding="utf-8") as fh:
             metadata = yaml.safe_load(fh) or {}
     existing = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.execute(_DDL)
     conn.execute(_INDEX)
-    conn.execute(f"DELETE FROM {FACET_TABLE}")
+    if tables is None:
+        conn.execute(f"DELETE FROM {FACET_TABLE}")
+    else:
+        conn.executemany(f"DELETE FROM {FACET_TABLE} WHERE table_name = ?", [(t,) for t in tables])
     written = 0
     for table, facet_type, column in configured_facets(metadata):
-        if table not in existing:
+        if table not in existing or (tables is not None and table not in tables):
             continue
         try:
             rows = conn.execute(_count_sql(table, facet_type, column)).fetchall()

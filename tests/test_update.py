@@ -99,6 +99,9 @@ def test_two_updates_report_what_changed_upstream_library_first(catalogue, tmp_p
         (1, 1, 0, 0), (2, 0, 7, 1)]
     assert rows(db, "SELECT kind, model_id FROM changes WHERE run_id = 2 ORDER BY id") == [
         (c["kind"], c["model_id"]) for c in changes]
+    # the changes table's facets, counted for its pages, include this run's rows
+    assert rows(db, "SELECT value, count FROM _facet_counts WHERE table_name = 'changes' AND facet = 'in_library' "
+                    "ORDER BY value") == [(0, 6), (1, 1)]
     # the mirror itself moved on: the archive keeps the gone model and its files
     assert rows(db, "SELECT id, mode, _gone FROM models WHERE id IN (5, 8, 10) ORDER BY id") == [
         (5, "TakenDown", 0), (8, "Archived", 0), (10, None, 1)]
