@@ -257,7 +257,9 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "model_snapshots": {
         "columns": {
             "model_id": int, "sha": str, "fetched_at": str, "kind": str, "mode": str,
-            "version_count": int, "file_count": int, "path": str, "data": str,  # data last
+            "version_count": int, "file_count": int, "path": str,
+            # last: ANSWER_IN_ROWS (the current rows), else the JSON zlib-compressed (mirror.answers)
+            "data": bytes,
         },
         "pk": ("model_id", "sha"),
         "indexes": [["fetched_at"]],

@@ -3,14 +3,16 @@
 A ``Writer`` holds the open connection, the tag ids and the build's counts while a build runs.
 ``write_models(clean=True)`` first removes what those models had (re-derivation); outside a fresh
 build it keeps ``models_fts`` in step. The snapshot the rows give back exactly is stored as
-``ANSWER_IN_ROWS`` (mirror.answers): ``mark_in_rows`` on insert, ``restore_answers`` turns it back
-into JSON before the rows change, ``write_models(clean=True)`` marks the new one. A fresh build loads into :func:`open_load_db` (no journal,
+``ANSWER_IN_ROWS`` (mirror.answers): ``mark_in_rows`` on insert (the others compressed),
+``restore_answers`` turns it back into compressed JSON before the rows change,
+``write_models(clean=True)`` marks the new one. A fresh build loads into :func:`open_load_db` (no journal,
 no secondary indexes) and builds its indexes once at the end (:func:`index_loaded`).
 """
 from __future__ import annotations
 
 import logging
 import sqlite3
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import orjson
 import sqlite_utils
 
-from mirror.answers import ANSWER_IN_ROWS, snapshot_from_rows
+from mirror.answers import ANSWER_IN_ROWS, pack_snapshot, snapshot_from_rows
 from mirror.derive import ROW_COLUMNS, ModelRows
 from mirror.dump_reader import Snapshot
 from mirror.schema import CIVITAI_SCHEMA, apply_schema
@@ -64,15 +66,19 @@ INSERT_SQL = {name: _insert_sql(name, cols) for name, cols in {**COLUMNS, **ROW_
 # CIVITAI_SCHEMA without secondary indexes: what a fresh build loads into
 _LOAD_SCHEMA = {name: {k: v for k, v in spec.items() if k != "indexes"}
                 for name, spec in CIVITAI_SCHEMA.items()}
+# model_snapshots.data is the marker (text) or compressed JSON (a BLOB): bound as it is, no cast
+_SNAPSHOT_INSERT = "INSERT OR IGNORE INTO model_snapshots ({}) VALUES ({})".format(
+    ", ".join(f'"{c}"' for c in COLUMNS["model_snapshots"]),
+    ", ".join("?" * len(COLUMNS["model_snapshots"])))
 _CHILD_TABLES = ("model_versions", "model_files", "file_hashes", "images", "archived_model_files")
 
 
 def mark_in_rows(snap_rows: list[tuple], rows: list[ModelRows]) -> list[tuple]:
-    """``snapshot_row`` tuples with the data of each answer ``rows`` give back as the marker."""
+    """``snapshot_row`` tuples as stored: the data of each answer ``rows`` give back is the marker,
+    every other answer's JSON is compressed (``pack_snapshot``)."""
     marks = {(r.model_id, r.answer_sha) for r in rows if r.answer_sha}
-    if not marks:
-        return snap_rows
-    return [row[:-1] + (ANSWER_IN_ROWS,) if (row[0], row[1]) in marks else row for row in snap_rows]
+    return [row[:-1] + ((ANSWER_IN_ROWS,) if (row[0], row[1]) in marks else
+                        (pack_snapshot(row[-1]),)) for row in snap_rows]
 
 
 def snapshot_row(s: Snapshot) -> tuple:
@@ -95,8 +101,7 @@ class Writer:
 
     def insert_snapshots(self, snap_rows: list[tuple]) -> None:
         before = self.conn.total_changes
-        self.conn.executemany(
-            _insert_sql("model_snapshots", COLUMNS["model_snapshots"], "INSERT OR IGNORE"), snap_rows)
+        self.conn.executemany(_SNAPSHOT_INSERT, snap_rows)
         self.summary.snapshots_new += self.conn.total_changes - before
 
     def write_models(self, model_ids: list[int], rows: list[ModelRows], clean: bool) -> None:
@@ -156,7 +161,7 @@ class Writer:
         self.summary.models_rebuilt += len(rows)
 
     def restore_answers(self, model_ids: list[int]) -> None:
-        """Store as JSON the answers these models' rows stand for (before the rows change)."""
+        """Store (compressed) the answers these models' rows stand for, before the rows change."""
         for start in range(0, len(model_ids), 500):
             ids = model_ids[start:start + 500]
             marked = self.conn.execute(
@@ -165,19 +170,20 @@ class Writer:
             for model_id, sha in marked:
                 text = snapshot_from_rows(self.conn, model_id)
                 if text is not None:
-                    self.conn.execute("UPDATE model_snapshots SET data = CAST(? AS TEXT) "
-                                      "WHERE model_id = ? AND sha = ?", (text, model_id, sha))
+                    self.conn.execute("UPDATE model_snapshots SET data = ? WHERE model_id = ? "
+                                      "AND sha = ?", (pack_snapshot(text), model_id, sha))
 
     def load_snapshots(self, model_ids: list[int]) -> dict[int, list[Snapshot]]:
         out: dict[int, list[Snapshot]] = {}
         for start in range(0, len(model_ids), 500):
             ids = model_ids[start:start + 500]
-            for model_id, sha, fetched_at, kind, path, text in self.conn.execute(
+            for model_id, sha, fetched_at, kind, path, stored in self.conn.execute(
                     "SELECT model_id, sha, fetched_at, kind, path, data FROM model_snapshots "
                     f"WHERE model_id IN ({','.join('?' * len(ids))})", ids):
-                if text == ANSWER_IN_ROWS:  # restore_answers found no rows for it: nothing to read
+                if stored == ANSWER_IN_ROWS:  # restore_answers found no rows for it: nothing to read
                     log.warning("model %s: snapshot %s stands for rows that are gone", model_id, sha)
                     continue
+                text = zlib.decompress(stored) if isinstance(stored, bytes) else stored
                 data = orjson.loads(text) if kind != "notfound" else None
                 out.setdefault(model_id, []).append(
                     Snapshot(model_id, kind, fetched_at, path, sha, text, data))

@@ -1,6 +1,6 @@
 """Each thing stored once: the offline API's model and version answers, reassembled from the rows
 (mirror.answers), are the answers Civitai gave (the dump's JSON), for the fixture dump and the real
-samples; a superseded answer stays in model_snapshots as its JSON."""
+samples; a superseded answer stays in model_snapshots as its JSON, compressed (snapshot_json)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from mirror.answers import ANSWER_IN_ROWS, model_answer, version_answer
+from mirror.answers import ANSWER_IN_ROWS, model_answer, snapshot_json, version_answer
 from mirror.build import build_mirror
 from tests.test_mirror_build import JAN_1, copy_dump, rows
 
@@ -63,13 +63,14 @@ def test_answers_are_the_dumps_answers(tmp_path):
         assert datas and not [d["id"] for d in datas if "files" in d or "model" in d]
         assert not [d for (d,) in conn.execute("SELECT data FROM models")
                     if "modelVersions" in json.loads(d)]
-        # nothing lost: every snapshot not standing for the rows is its JSON
+        # nothing lost: every snapshot not standing for the rows is its JSON, compressed
         for kind, data in conn.execute(
                 "SELECT kind, data FROM model_snapshots WHERE data != ?", (ANSWER_IN_ROWS,)):
-            assert kind == "notfound" or "id" in json.loads(data)
+            assert isinstance(data, bytes)
+            assert kind == "notfound" or "id" in json.loads(snapshot_json(data))
 
 
-def test_a_superseded_answer_stays_as_json(tmp_path):
+def test_a_superseded_answer_stays_as_compressed_json(tmp_path):
     dump = copy_dump(tmp_path / "dump")
     db = tmp_path / "civitai.sqlite"
     build_mirror(dump, db)
@@ -83,7 +84,7 @@ def test_a_superseded_answer_stays_as_json(tmp_path):
     kept = rows(db, "SELECT data FROM model_snapshots WHERE model_id = 101 AND kind = 'model' "
                     "ORDER BY fetched_at")
     assert [d for (d,) in kept][1] == ANSWER_IN_ROWS
-    assert json.loads(kept[0][0]) == old
+    assert isinstance(kept[0][0], bytes) and json.loads(snapshot_json(kept[0][0])) == old
     with sqlite3.connect(db) as conn:
         assert model_answer(conn, 101) == new
     assert check_answers_are_the_dump(dump, db) == {101, 102, 103, 104, 105, 106, 107}

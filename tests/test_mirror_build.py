@@ -307,8 +307,11 @@ def test_fresh_build_has_every_declared_index_and_json_as_text(built):
         for index in spec.get("indexes", []):
             cols = index["columns"] if isinstance(index, dict) else index
             assert list(cols) in have, (name, cols)
-    for table in ("models", "model_versions", "model_files", "model_snapshots"):
+    for table in ("models", "model_versions", "model_files"):
         assert rows(db, f"SELECT DISTINCT typeof(data) FROM {table}") == [("text",)], table
+    # snapshots: the marker of the answer the rows stand for (text), the others compressed (blob)
+    assert rows(db, "SELECT typeof(data), count(*) FROM model_snapshots GROUP BY 1 ORDER BY 1") == [
+        ("blob", 3), ("text", 7)]
     assert rows(db, "SELECT DISTINCT typeof(meta) FROM images WHERE meta IS NOT NULL") == [("text",)]
     (data,) = tables.execute("SELECT data FROM models WHERE id = 101").fetchone()
     assert json.loads(data)["id"] == 101
