@@ -83,10 +83,11 @@ def _tasks(todo: list[tuple[str, os.stat_result]], size: int) -> Iterator[list[t
 
 def load_files(conn: sqlite3.Connection, dump: Path, todo: list, summary: BuildSummary,
                fresh: bool, skip: frozenset, deferred: set[int],
-               progress: Callable[[int], None] | None) -> None:
+               progress: Callable[[int], None] | None, search_table: str = "models_fts") -> None:
     """Read, derive and write ``todo`` in this process; models seen in several groups (list
-    pages) and those in ``deferred`` are derived last, from all their snapshots in the db."""
-    writer = Writer(conn, summary, fresh)
+    pages) and those in ``deferred`` are derived last, from all their snapshots in the db.
+    ``search_table``: where the models' search rows go (``Writer``)."""
+    writer = Writer(conn, summary, fresh, search_table)
     seen_this_build: set[int] = set()
     done = 0
     for task in _tasks(todo, TASK_FILES):

@@ -1,8 +1,9 @@
 """Writing into civitai.sqlite: snapshot rows, a model's derived rows, and the bulk-load database.
 
 A ``Writer`` holds the open connection, the tag ids and the build's counts while a build runs.
-``write_models(clean=True)`` first removes what those models had (re-derivation); outside a fresh
-build it keeps ``models_fts`` in step. The snapshot the rows give back exactly is stored as
+``write_models(clean=True)`` first removes what those models had (re-derivation); it keeps
+``models_fts`` in step (contentless: the description's text is indexed, not stored; removing an
+entry derives it again from ``models.data``, ``search_row``). The snapshot the rows give back exactly is stored as
 ``ANSWER_IN_ROWS`` (mirror.answers): ``mark_in_rows`` on insert (the others compressed),
 ``restore_answers`` turns it back into compressed JSON before the rows change,
 ``write_models(clean=True)`` marks the new one. A fresh build loads into :func:`open_load_db` (no journal,
@@ -21,7 +22,7 @@ import orjson
 import sqlite_utils
 
 from mirror.answers import ANSWER_IN_ROWS, pack_snapshot, snapshot_from_rows
-from mirror.derive import ROW_COLUMNS, ModelRows
+from mirror.derive import ROW_COLUMNS, ModelRows, search_row
 from mirror.dump_reader import Snapshot
 from mirror.schema import CIVITAI_SCHEMA, apply_schema
 
@@ -92,10 +93,14 @@ def snapshot_row(s: Snapshot) -> tuple:
 class Writer:
     """Holds the open connection, the tag ids and the summary while a build runs."""
 
-    def __init__(self, conn: sqlite3.Connection, summary: BuildSummary, fresh: bool):
+    def __init__(self, conn: sqlite3.Connection, summary: BuildSummary, fresh: bool,
+                 search_table: str = "models_fts"):
         self.conn = conn
         self.summary = summary
         self.fresh = fresh
+        # where search_row tuples go: models_fts, or a plain table a slice database hands over
+        # (mirror.build_parallel: a contentless index cannot be copied)
+        self.search_table = search_table
         self.tag_ids = {name: tid for tid, name in conn.execute("SELECT id, name FROM tags")}
         self.next_tag = max(self.tag_ids.values(), default=0) + 1
 
@@ -112,11 +117,7 @@ class Writer:
             for start in range(0, len(model_ids), 500):
                 ids = model_ids[start:start + 500]
                 marks = ",".join("?" * len(ids))
-                if not self.fresh:  # a fresh build fills models_fts once at the end
-                    conn.execute(
-                        "INSERT INTO models_fts(models_fts, rowid, name, description_text, tags) "
-                        "SELECT 'delete', rowid, name, description_text, tags FROM models "
-                        f"WHERE id IN ({marks})", ids)
+                self._remove_search(ids)
                 for table in _CHILD_TABLES:
                     conn.execute(f'DELETE FROM "{table}" WHERE model_id IN ({marks})', ids)
                 conn.execute(f"DELETE FROM models_tags WHERE models_id IN ({marks})", ids)
@@ -146,19 +147,25 @@ class Writer:
         conn.executemany(INSERT_SQL["archived_model_files"], [a for r in rows for a in r.archived])
         conn.executemany("INSERT OR IGNORE INTO models_tags (models_id, tags_id) VALUES (?, ?)",
                          model_tags)
-        if not self.fresh and rows:
-            ids = [r.model_id for r in rows]
-            for start in range(0, len(ids), 500):
-                part = ids[start:start + 500]
-                conn.execute(
-                    "INSERT INTO models_fts(rowid, name, description_text, tags) SELECT rowid, "
-                    f"name, description_text, tags FROM models WHERE id IN ({','.join('?' * len(part))})",
-                    part)
+        conn.executemany(f'INSERT INTO "{self.search_table}" (rowid, name, description_text, tags) '
+                         "VALUES (?, ?, ?, ?)", [r.search for r in rows])
         if clean:
             conn.executemany(f"UPDATE model_snapshots SET data = '{ANSWER_IN_ROWS}' "
                              "WHERE model_id = ? AND sha = ?",
                              [(r.model_id, r.answer_sha) for r in rows if r.answer_sha])
         self.summary.models_rebuilt += len(rows)
+
+    def _remove_search(self, ids: list[int]) -> None:
+        """Take these models out of the search index (contentless: 'delete' with the indexed text)."""
+        marks = ",".join("?" * len(ids))
+        if self.search_table != "models_fts":
+            self.conn.execute(f'DELETE FROM "{self.search_table}" WHERE rowid IN ({marks})', ids)
+            return
+        old = [search_row(model_id, name, orjson.loads(data), tags) for model_id, name, data, tags
+               in self.conn.execute(f"SELECT id, name, data, tags FROM models WHERE id IN ({marks})",
+                                    ids)]
+        self.conn.executemany("INSERT INTO models_fts (models_fts, rowid, name, description_text, "
+                              "tags) VALUES ('delete', ?, ?, ?, ?)", old)
 
     def restore_answers(self, model_ids: list[int]) -> None:
         """Store (compressed) the answers these models' rows stand for, before the rows change."""
@@ -200,9 +207,9 @@ def _file_count(s: Snapshot) -> int:
 
 
 def index_loaded(db: sqlite_utils.Database) -> None:
-    """After a bulk load into :func:`open_load_db`: the secondary indexes, then the full-text index."""
+    """After a bulk load into :func:`open_load_db`: the secondary indexes (``models_fts`` is filled
+    as the models are written)."""
     apply_schema(db, CIVITAI_SCHEMA)
-    db.conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
 
 
 def open_load_db(path: Path) -> sqlite_utils.Database:

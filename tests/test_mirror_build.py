@@ -73,8 +73,11 @@ def test_models_rows_across_schema_generations(built):
     # the community archive columns are filled the way Lora Manager reads them
     data = json.loads(rows(db, "SELECT data FROM models WHERE id = 101")[0][0])
     assert data["name"] == "Detail Slider" and "modelVersions" not in data
-    assert rows(db, "SELECT description_text FROM models WHERE id = 101") == [
-        ("Adds  detail  & texture.",)]
+    # the description is stored once (HTML in data); its text is in the search index only
+    assert "description_text" not in {r[1] for r in rows(db, "PRAGMA table_info(models)")}
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH "
+                    "'description_text:(detail AND texture)'") == [(101,)]
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'amp OR p OR b'") == []
     assert rows(db, "SELECT sha256, type FROM model_files WHERE id = 2021") == [("D4" * 32, "VAE")]
 
 
