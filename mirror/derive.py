@@ -262,7 +262,9 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         _json(model_data),
     )
     version_rows = []
+    stored: dict[int, dict] = {}  # model_versions.data of each version (also checked below)
     for vid, (version, position, v_first, v_last) in versions.items():
+        stored[vid] = data = stored_version(version)
         vstats = version.get("stats")
         vget = vstats.get if type(vstats) is dict else _no_stat
         vg = version.get
@@ -277,8 +279,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             _int(vg("nsfwLevel")), vg("availability"), json_text(vg("trainedWords") or []),
             _int(vget("downloadCount")), _int(vget("thumbsUpCount")),
             _int(vget("thumbsDownCount")), vg("downloadUrl"),
-            0 if vid in current_versions else 1, v_first, v_last,
-            _json(stored_version(version)),
+            0 if vid in current_versions else 1, v_first, v_last, _json(data),
         ))
     file_rows, hash_rows, archived_rows = [], [], []
     for fid, (file, vid) in files.items():
@@ -288,8 +289,10 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         if type(hashes) is dict:
             for key, value in hashes.items():
                 t = canonical_type(key)
-                if t and isinstance(value, str) and value.strip():
-                    canon[t] = value.strip().upper()
+                if t and type(value) is str:
+                    value = value.strip()
+                    if value:
+                        canon[t] = value.upper()
         meta = fg("metadata")
         mg = meta.get if type(meta) is dict else _no_stat
         archived = 0 if fid in current_files else 1
@@ -319,22 +322,23 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         ))
     creator_row = (username, creator.get("image")) if username else None
     answer_sha = None
-    if full and _rows_give_back(current, model_data, versions, files, current_versions):
+    if full and _rows_give_back(current, model_data, versions, stored, files, current_versions):
         answer_sha = full[-1].sha
     return ModelRows(model_id, model, version_rows, file_rows, hash_rows, image_rows,
                      archived_rows, tags, creator_row, search_row(model_id, model[1], model_data,
                                                                   tags_json), answer_sha)
 
 
-def _rows_give_back(current: dict, model_data: dict, versions: dict, files: dict,
+def _rows_give_back(current: dict, model_data: dict, versions: dict, stored: dict, files: dict,
                      current_ids: set) -> bool:
     """Whether mirror.answers reassembles exactly ``current`` from the rows written for it."""
     order = sorted(current_ids, key=lambda vid: (versions[vid][1], -vid))
     assembled = []
     for vid in order:
         version = versions[vid][0]
-        if files_as_rows(version) and any(files.get(f["id"], (None, None))[1] != vid
-                                          for f in version["files"]):
+        data = stored[vid]
+        if "files" in version and "files" not in data and any(  # files as rows
+                files.get(f["id"], (None, None))[1] != vid for f in version["files"]):
             return False  # a file listed by two versions: its row names one
-        assembled.append(with_files(stored_version(version), version.get("files") or []))
+        assembled.append(with_files(data, version.get("files") or []))
     return {**model_data, "modelVersions": assembled} == current
