@@ -67,13 +67,17 @@ def apply_schema(db: sqlite_utils.Database, schema: dict[str, dict[str, Any]]) -
                 cols, unique = list(index), False
             if tuple(cols) not in existing_indexes:
                 table.create_index(cols, unique=unique, if_not_exists=True)
-        fts = spec.get("fts")
-        if fts and not db.table(f"{name}_fts").exists():
-            if spec.get("fts_contentless"):
-                db.execute(f"CREATE VIRTUAL TABLE [{name}_fts] USING FTS5 ("
-                           + ", ".join(f"[{c}]" for c in fts) + ", content='')")
-            else:
-                table.enable_fts(fts, create_triggers=spec.get("fts_triggers", True))
+        if spec.get("fts") and not db.table(f"{name}_fts").exists():
+            create_fts(db, name, spec)
+
+
+def create_fts(db: sqlite_utils.Database, name: str, spec: dict[str, Any]) -> None:
+    """The full-text index ``{name}_fts`` a table's spec declares (see the module docstring)."""
+    if spec.get("fts_contentless"):
+        db.conn.execute(f"CREATE VIRTUAL TABLE [{name}_fts] USING FTS5 ("
+                        + ", ".join(f"[{c}]" for c in spec["fts"]) + ", content='')")
+    else:
+        db.table(name).enable_fts(spec["fts"], create_triggers=spec.get("fts_triggers", True))
 
 
 # ---- which database a file is ------------------------------------------------

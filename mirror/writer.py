@@ -24,7 +24,7 @@ import sqlite_utils
 from mirror.answers import ANSWER_IN_ROWS, pack_snapshot, snapshot_from_rows
 from mirror.derive import ROW_COLUMNS, ModelRows, search_row
 from mirror.dump_reader import Snapshot
-from mirror.schema import CIVITAI_SCHEMA, apply_schema
+from mirror.schema import CIVITAI_SCHEMA, apply_schema, create_fts
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,31 @@ def _file_count(s: Snapshot) -> int:
     if s.kind == "version":
         return len(s.data.get("files") or [])
     return 0
+
+
+def upgrade_search(db: sqlite_utils.Database) -> bool:
+    """A mirror built before the description was stored once (``models.description_text`` and an
+    external-content ``models_fts`` over it): drop both and fill a contentless index from the rows.
+    Idempotent; True when something changed. Call before ``apply_schema``."""
+    conn = db.conn
+    found = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'models_fts'").fetchone()
+    has_text = "description_text" in db.table("models").columns_dict if found else False
+    if found is None or (not has_text and "content=''" in found[0]):
+        return False
+    if conn.in_transaction:
+        conn.commit()
+    conn.execute("BEGIN")  # one transaction, DDL included: an interrupted upgrade leaves the old
+    conn.execute("DROP TABLE models_fts")
+    if has_text:
+        conn.execute("ALTER TABLE models DROP COLUMN description_text")
+    create_fts(db, "models", CIVITAI_SCHEMA["models"])
+    rows = conn.execute("SELECT id, name, data, tags FROM models")
+    while batch := rows.fetchmany(1000):
+        conn.executemany(
+            "INSERT INTO models_fts (rowid, name, description_text, tags) VALUES (?, ?, ?, ?)",
+            [search_row(i, name, orjson.loads(data), tags) for i, name, data, tags in batch])
+    conn.commit()
+    return True
 
 
 def index_loaded(db: sqlite_utils.Database) -> None:

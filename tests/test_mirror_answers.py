@@ -129,3 +129,32 @@ def test_a_mirror_built_before_this_layout_answers_the_same(tmp_path):
         assert model_answer(conn, 101) == want
         assert version_answer(conn, want["modelVersions"][0]["id"])["files"] == \
             want["modelVersions"][0]["files"]
+
+
+def test_a_mirror_from_before_gets_the_one_description(tmp_path):
+    """An incremental build over a mirror built before the description was stored once (a
+    description_text column, an external-content models_fts over it) drops the copy and indexes
+    the description's text without it, in one step; search finds old and new models."""
+    dump = copy_dump(tmp_path / "dump")
+    db = tmp_path / "civitai.sqlite"
+    build_mirror(dump, db)
+    with sqlite3.connect(db) as conn:  # the layout of before
+        conn.execute("DROP TABLE models_fts")
+        conn.execute("ALTER TABLE models ADD COLUMN description_text TEXT")
+        conn.execute("UPDATE models SET description_text = 'Adds detail & texture.' WHERE id = 101")
+        conn.execute("CREATE VIRTUAL TABLE models_fts USING FTS5 "
+                     "(name, description_text, tags, content=models)")
+        conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+    main = dump / "00000000" / "00000102.json"
+    answer = json.loads(main.read_text())
+    main.write_text(json.dumps({**answer, "description": "<p>Brandnew <i>words</i></p>"}))
+    os.utime(main, (JAN_1 + 86400, JAN_1 + 86400))
+    assert build_mirror(dump, db).models_rebuilt == 1
+    assert "description_text" not in {r[1] for r in rows(db, "PRAGMA table_info(models)")}
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'texture'") == [(101,)]
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'brandnew words'") == [
+        (102,)]
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO models_fts(models_fts, rank) VALUES('integrity-check', 1)")
+        assert "content=''" in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'models_fts'").fetchone()[0]
