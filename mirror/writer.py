@@ -2,12 +2,12 @@
 
 A ``Writer`` holds the open connection, the tag ids and the build's counts while a build runs.
 ``write_models(clean=True)`` first removes what those models had (re-derivation); it keeps
-``models_fts`` in step (contentless: the description's text is indexed, not stored; removing an
-entry derives it again from ``models.data``, ``search_row``). The snapshot the rows give back exactly is stored as
-``ANSWER_IN_ROWS`` (mirror.answers): ``mark_in_rows`` on insert (the others compressed),
-``restore_answers`` turns it back into compressed JSON before the rows change,
-``write_models(clean=True)`` marks the new one. A fresh build loads into :func:`open_load_db` (no journal,
-no secondary indexes) and builds its indexes once at the end (:func:`index_loaded`).
+``models_fts`` in step (contentless: the description's text is indexed, never stored; removing an
+entry derives it again from ``models.data`` with ``search_row``). The snapshot the rows give back
+exactly is stored as ``ANSWER_IN_ROWS`` (mirror.answers): ``mark_in_rows`` on insert (the others
+compressed), ``restore_answers`` turns it back into compressed JSON before the rows change,
+``write_models(clean=True)`` marks the new one. A fresh build loads into :func:`open_load_db` (no
+journal, no secondary indexes) and builds its indexes once at the end (:func:`index_loaded`).
 """
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ def upgrade_search(db: sqlite_utils.Database) -> bool:
         return False
     if conn.in_transaction:
         conn.commit()
-    conn.execute("BEGIN")  # one transaction, DDL included: an interrupted upgrade leaves the old
+    conn.execute("BEGIN")  # DDL included: an interrupted upgrade leaves the old layout whole
     conn.execute("DROP TABLE models_fts")
     if has_text:
         conn.execute("ALTER TABLE models DROP COLUMN description_text")
