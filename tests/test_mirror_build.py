@@ -318,6 +318,7 @@ def test_fresh_build_has_every_declared_index_and_json_as_text(built):
     assert rows(db, "SELECT DISTINCT typeof(meta) FROM images WHERE meta IS NOT NULL") == [("text",)]
     (data,) = tables.execute("SELECT data FROM models WHERE id = 101").fetchone()
     assert json.loads(data)["id"] == 101
+    assert rows(db, "PRAGMA page_size") == [(8192,)]  # mirror.writer.PAGE_SIZE
 
 
 def test_worker_processes_build_the_same_rows(tmp_path):
