@@ -219,6 +219,9 @@ def upgrade_search(db: sqlite_utils.Database) -> bool:
     has_text = "description_text" in db.table("models").columns_dict if found else False
     if found is None or (not has_text and "content=''" in found[0]):
         return False
+    log.info("%s: indexing every model's description once more (a mirror from before the "
+             "description was stored once; this happens one time)",
+             conn.execute("PRAGMA database_list").fetchone()[2] or "the mirror")
     if conn.in_transaction:
         conn.commit()
     conn.execute("BEGIN")  # DDL included: an interrupted upgrade leaves the old layout whole
