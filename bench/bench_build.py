@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from mirror.build import build_mirror  # noqa: E402
 from mirror.lookup import lookup_hash  # noqa: E402
 from mirror.schema import CIVITAI_SCHEMA, apply_schema  # noqa: E402
+from mirror.writer import PAGE_SIZE  # noqa: E402
 from results import write_section  # noqa: E402
 
 SAMPLES = REPO.parent / "shared" / "civitai-samples"
@@ -170,6 +171,7 @@ def lookup_db(path: Path, n_files: int) -> list[str]:
     conn = sqlite3.connect(path)
     import sqlite_utils
 
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # as build writes it
     apply_schema(sqlite_utils.Database(conn), CIVITAI_SCHEMA)
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA journal_mode=OFF")
@@ -318,6 +320,51 @@ machine (load average {min(loads):.1f}–{max(loads):.1f} during the rounds).
 
 # What the numbers above do not show: how the time was found and what was tried (kept by hand).
 NOTES = """
+### Pass 6 (issue 15, storage: superseded answers compressed, the description once)
+
+- `model_snapshots.data` of an answer the rows do not stand for (a superseded answer, a 404 body) is
+  its JSON zlib-compressed (level 6, a BLOB: 43 % of the text on 3,000 of the bench's answers, whose
+  random hashes do not compress); `mirror.answers.snapshot_json` and the SQL function
+  `snapshot_json(data)` that `serve` registers read it back. The bench dump holds one answer per
+  model, so this moves nothing here (20,000 markers, 2.4 MB); on a refreshed mirror each superseded
+  answer costs under half its JSON.
+- `models.description_text` is gone: `models_fts` is a contentless FTS5 index (`content=''`) over
+  the name, the description's text and the tags. The text is derived from the HTML in `models.data`
+  (`mirror.derive.search_row`) when a model is written, and again when its entry is removed; never
+  stored. Datasette finds the index through `fts_table` in the metadata; an incremental build over
+  an older mirror drops the column and re-indexes in one transaction (`upgrade_search`). Size **239
+  → 214 MB (2.28 → 2.05 × the dump)**; the same rows otherwise, the same API answers (tests).
+- A fresh build commits every 4,000 files instead of every 250: each commit flushed the index's
+  pending terms as a small segment, 0.2–0.35 s more CPU per 20k models than a few 1 MB flushes
+  (measured on the 20k search rows alone). The end-of-build FTS `rebuild` is gone.
+- Where the 214 MB (4 KiB pages) are (`dbstat`): `models` 73 MB (`data` 52 MB, of which the
+  description HTML 38.5 MB; its leaf pages 25 % empty, 13 MB), `model_versions` 47 MB (`data` 32 MB,
+  9 MB empty), `model_files` 28 MB, `images` 16 MB, `models_fts` 14 MB, `file_hashes` 10 MB + its
+  `hash` index 7 MB, other indexes ≈ 15 MB, `model_snapshots` 2.4 MB.
+- Not done, and why: images out of `model_versions.data` (−20 MB, less an `images` column for the
+  fields the table lacks: ≈ −12 MB) and hashes out of `model_files.data` (−6 MB).
+  ComfyUI-Lora-Manager reads those JSON columns directly (its by-hash answer is built from them,
+  images and hashes included): our API would reassemble them, Lora Manager would not. FTS5
+  `detail=column` saves 7 MB (14 → 7 MB, measured) but refuses any phrase of two or more tokens
+  (`sd-1.5` typed in Datasette's search box).
+- 8 KiB pages (`mirror.writer.PAGE_SIZE`, a fresh or `--full` build): the 2–5 KB model and version
+  rows left a quarter of each 4 KiB leaf page empty; 214 → 206 MB (2.05 → 1.96×). By-hash lookups on
+  the built 20k mirror (4,000 SHA256/AutoV2 probes, new connection per round): 44–47 µs at 4 KiB,
+  47–50 µs at 8 KiB, 51–52 µs at 16 KiB (201 MB); 64 KiB was 74–107 µs in pass 5. Kept 8 KiB; the
+  bench's 1k/1M lookup databases now use it too.
+- **≤ 1.2 is not reachable while the JSON columns are plain text**: the JSON stored once is about
+  the dump itself (the description HTML alone is 38.5 of its 105 MB), leaving ≈ 25 MB for the ≈ 100
+  MB of indexes, facet columns, the `images` table and page slack. Only compressed JSON (the
+  description, or every `data` column) would get there, which Lora Manager and Datasette's JSON
+  views cannot read.
+- Speed (≤ 5 not met): unchanged within the noise of a loaded machine. "before" in the table is the
+  code before this pass (78d0260) on the same dump in alternating rounds: 11.15 wall / 11.21 CPU
+  against 10.29 / 10.18 now (serial; the run before the 8 KiB pages: 10.52 / 10.44 against 10.82 /
+  10.55); 6.07 main-process CPU with a worker. Phases (CPU, serial, 20k): read + parse + snapshot
+  rows 1.4 s, `derive_model` 1.6 s, the load loop's own time 0.6 s, row and search-index writes
+  1.4–1.7 s, secondary indexes 0.9 s: each one to three parses, so ≤ 5 needs less work per model
+  (e.g. no derive in Python), not a faster step.
+
 ### Pass 5 (issue 15: each thing stored once): what changed and what was measured
 
 - `model_versions.data` holds the version without `files` and `model` (files are `model_files`

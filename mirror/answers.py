@@ -10,17 +10,33 @@ are ``model_files`` rows, ``position`` their order; NULL for a file only older a
 A version whose files cannot all be rows (a file without an id) keeps its ``files`` in its data, as
 do versions written before this layout. ``model_snapshots.data`` of the answer the rows give back
 exactly is ``ANSWER_IN_ROWS``; ``snapshot_from_rows`` turns it back into the answer when a newer
-one supersedes it.
+one supersedes it. Every other snapshot (a superseded answer, a 404 body) is its JSON compressed
+with zlib (``pack_snapshot``), a BLOB; ``snapshot_json`` gives the JSON back (also the SQL function
+``snapshot_json(data)`` in ``serve``). Text JSON, as mirrors built before kept it, reads the same.
 """
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from typing import Any
 
 import orjson
 
 
 ANSWER_IN_ROWS = '{"$answer":"rows"}'  # model_snapshots.data: this answer is the current rows
+
+
+def pack_snapshot(text: bytes | str) -> bytes:
+    """``model_snapshots.data`` of an answer the rows do not stand for: its JSON, zlib-compressed."""
+    return zlib.compress(text.encode() if isinstance(text, str) else text, 6)
+
+
+def snapshot_json(data: bytes | str | None) -> str | None:
+    """The JSON text a ``model_snapshots.data`` value holds (``ANSWER_IN_ROWS`` as it is: the
+    model's answer is ``model_answer``). Serve registers it as the SQL function ``snapshot_json``."""
+    if isinstance(data, bytes):
+        return zlib.decompress(data).decode()
+    return data
 
 
 def files_as_rows(version: dict) -> bool:

@@ -32,7 +32,7 @@ from mirror.dump_reader import iter_dump_files
 from mirror.facets import save_facet_counts
 from mirror.load import load_files
 from mirror.schema import CIVITAI_SCHEMA, apply_schema, check_database_file, mark_database
-from mirror.writer import BuildSummary, index_loaded, open_load_db
+from mirror.writer import BuildSummary, index_loaded, open_load_db, upgrade_search
 
 IMAGE_FILE = re.compile(r"^(\d+)\.[A-Za-z0-9]+$")
 BUSY_TIMEOUT_S = 60  # longer than serve's 3 s query limit: a reader always finishes first
@@ -100,6 +100,7 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
     else:
         db = sqlite_utils.Database(sqlite3.connect(str(target), timeout=BUSY_TIMEOUT_S))
         db.conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        upgrade_search(db)  # a mirror from before the description was stored once
         apply_schema(db, CIVITAI_SCHEMA)
     mark_database(db.conn, "civitai")
     conn = db.conn

@@ -20,6 +20,9 @@ from mirror.load import load_files, rederive
 from mirror.writer import COLUMNS, BuildSummary, Writer, index_loaded, open_load_db
 
 POOL_MIN_FILES = 2000  # below this, worker processes cost more than they save
+# A slice's search rows (mirror.derive.search_row), merged into the main models_fts: a
+# contentless index cannot be copied from one database to another.
+SEARCH_ROWS = "_models_search"
 MAIN_SHARE = 0.8  # this process's slice of a parallel build, against 1.0 per extra process
 
 
@@ -59,7 +62,9 @@ def _load_part(dump: Path, todo: list, path: Path, counter: Any, pipe: Any) -> N
         def progress(done: int) -> None:
             counter.value = done
 
-        load_files(db.conn, dump, todo, summary, True, frozenset(), set(), progress)
+        db.conn.execute(f"CREATE TABLE {SEARCH_ROWS} (rowid INTEGER PRIMARY KEY, name TEXT, "
+                        "description_text TEXT, tags TEXT)")
+        load_files(db.conn, dump, todo, summary, True, frozenset(), set(), progress, SEARCH_ROWS)
         db.close()
         pipe.send(("ok", summary))
     except BaseException as exc:  # noqa: BLE001 - handed to the parent, which raises it
@@ -95,7 +100,7 @@ def _merge_part(writer: Writer, path: Path, summary: BuildSummary) -> list[int]:
             conn.execute(f'INSERT OR REPLACE INTO main."{table}" ({cols}) '
                          f'SELECT {cols} FROM part."{table}"')
         conn.execute("INSERT INTO models_fts (rowid, name, description_text, tags) "
-                     "SELECT rowid, name, description_text, tags FROM part.models")
+                     f"SELECT rowid, name, description_text, tags FROM part.{SEARCH_ROWS}")
         # tags: the slice's ids are its own; new names get the next ids in the slice's order
         for tid, name in conn.execute("SELECT id, name FROM part.tags ORDER BY id").fetchall():
             if name not in writer.tag_ids:

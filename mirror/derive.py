@@ -29,7 +29,7 @@ _IMAGE_ID_IN_URL = re.compile(r"/(\d+)\.[A-Za-z0-9]+(?:\?.*)?$")
 # so reordering the schema cannot shift values into the wrong columns). Tables not listed take
 # the schema's order. images.local_path is filled by the build's link_local_images.
 ROW_COLUMNS = {name: cols.split() for name, cols in {
-    "models": """id name type username created_at updated_at description_text nsfw nsfwLevel poi
+    "models": """id name type username created_at updated_at nsfw nsfwLevel poi
         minor mode availability userId allowNoCredit allowCommercialUse allowDerivatives
         allowDifferentLicense downloadCount thumbsUpCount thumbsDownCount commentCount
         favoriteCount ratingCount rating tippedAmountCount tags baseModels version_count
@@ -83,6 +83,13 @@ def html_to_text(value: Any) -> str | None:
     return html.unescape(_TAG_RE.sub(" ", value)).strip() or None
 
 
+def search_row(model_id: int, name: str, model_data: dict, tags: str) -> tuple:
+    """A model's ``models_fts`` row (rowid, name, description_text, tags) from its ``models`` row:
+    the description's text is derived here, never stored (deleting the entry needs it again)."""
+    description = model_data.get("description") if type(model_data) is dict else None
+    return (model_id, name, html_to_text(description), tags)
+
+
 def image_id_of(image: dict) -> int | None:
     if isinstance(image.get("id"), int):
         return image["id"]
@@ -134,6 +141,7 @@ class ModelRows:
     archived: list[tuple]  # archived_model_files (file_id, model_id, version_id)
     tags: list[str]
     creator: tuple | None  # (username, image)
+    search: tuple  # models_fts (rowid, name, description_text, tags): see search_row
     answer_sha: str | None = None  # the snapshot these rows give back exactly (stored as a marker)
 
 
@@ -237,11 +245,12 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             v[0].get("baseModel") for v in sorted(versions.values(), key=lambda x: x[1])
             if v[0].get("baseModel")))
     model_data = {k: v for k, v in current.items() if k != "modelVersions"}
+    tags_json = json_text(tags)
     created_at, updated_at = _epoch(first_seen), _epoch(last_seen)
     model = (  # ROW_COLUMNS["models"] order
         model_id, current.get("name") or "", current.get("type") or "", username,
         created_at, updated_at,
-        html_to_text(current.get("description")), _bool(current.get("nsfw")),
+        _bool(current.get("nsfw")),
         _int(current.get("nsfwLevel")), _bool(current.get("poi")), _bool(current.get("minor")),
         current.get("mode"), current.get("availability"), _int(current.get("userId")),
         _bool(current.get("allowNoCredit")),
@@ -250,12 +259,14 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         _int(sget("downloadCount")), _int(sget("thumbsUpCount")), _int(sget("thumbsDownCount")),
         _int(sget("commentCount")), _int(sget("favoriteCount")), _int(sget("ratingCount")),
         _num(sget("rating")), _int(sget("tippedAmountCount")),
-        json_text(tags), json_text(base_models), len(current_versions),
+        tags_json, json_text(base_models), len(current_versions),
         first_seen, last_seen, gone, 0 if full else 1, len(snaps), current_path,
         _json(model_data),
     )
     version_rows = []
+    stored: dict[int, dict] = {}  # model_versions.data of each version (also checked below)
     for vid, (version, position, v_first, v_last) in versions.items():
+        stored[vid] = data = stored_version(version)
         vstats = version.get("stats")
         vget = vstats.get if type(vstats) is dict else _no_stat
         vg = version.get
@@ -270,8 +281,7 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
             _int(vg("nsfwLevel")), vg("availability"), json_text(vg("trainedWords") or []),
             _int(vget("downloadCount")), _int(vget("thumbsUpCount")),
             _int(vget("thumbsDownCount")), vg("downloadUrl"),
-            0 if vid in current_versions else 1, v_first, v_last,
-            _json(stored_version(version)),
+            0 if vid in current_versions else 1, v_first, v_last, _json(data),
         ))
     file_rows, hash_rows, archived_rows = [], [], []
     for fid, (file, vid) in files.items():
@@ -281,8 +291,10 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         if type(hashes) is dict:
             for key, value in hashes.items():
                 t = canonical_type(key)
-                if t and isinstance(value, str) and value.strip():
-                    canon[t] = value.strip().upper()
+                if t and type(value) is str:
+                    value = value.strip()
+                    if value:
+                        canon[t] = value.upper()
         meta = fg("metadata")
         mg = meta.get if type(meta) is dict else _no_stat
         archived = 0 if fid in current_files else 1
@@ -312,21 +324,23 @@ def derive_model(model_id: int, snapshots: Iterable[Snapshot]) -> ModelRows | No
         ))
     creator_row = (username, creator.get("image")) if username else None
     answer_sha = None
-    if full and _rows_give_back(current, model_data, versions, files, current_versions):
+    if full and _rows_give_back(current, model_data, versions, stored, files, current_versions):
         answer_sha = full[-1].sha
     return ModelRows(model_id, model, version_rows, file_rows, hash_rows, image_rows,
-                     archived_rows, tags, creator_row, answer_sha)
+                     archived_rows, tags, creator_row, search_row(model_id, model[1], model_data,
+                                                                  tags_json), answer_sha)
 
 
-def _rows_give_back(current: dict, model_data: dict, versions: dict, files: dict,
+def _rows_give_back(current: dict, model_data: dict, versions: dict, stored: dict, files: dict,
                      current_ids: set) -> bool:
     """Whether mirror.answers reassembles exactly ``current`` from the rows written for it."""
     order = sorted(current_ids, key=lambda vid: (versions[vid][1], -vid))
     assembled = []
     for vid in order:
         version = versions[vid][0]
-        if files_as_rows(version) and any(files.get(f["id"], (None, None))[1] != vid
-                                          for f in version["files"]):
+        data = stored[vid]
+        if "files" in version and "files" not in data and any(  # files as rows
+                files.get(f["id"], (None, None))[1] != vid for f in version["files"]):
             return False  # a file listed by two versions: its row names one
-        assembled.append(with_files(stored_version(version), version.get("files") or []))
+        assembled.append(with_files(data, version.get("files") or []))
     return {**model_data, "modelVersions": assembled} == current

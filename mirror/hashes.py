@@ -11,6 +11,7 @@ import re
 
 HASH_TYPES = ("AutoV1", "AutoV2", "AutoV3", "SHA256", "CRC32", "BLAKE3")
 _CANON = {t.lower(): t for t in HASH_TYPES}
+_EXACT = frozenset(HASH_TYPES)
 
 EMPTY_SHA256 = "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
 
@@ -29,6 +30,8 @@ _HEX = re.compile(r"[0-9A-F]+")
 
 def canonical_type(name: str) -> str | None:
     """``autov2`` -> ``AutoV2``; ``None`` for a name that is not a Civitai hash type."""
+    if type(name) is str and name in _EXACT:  # Civitai's own spelling: most calls (build)
+        return name
     return _CANON.get(str(name).strip().lower())
 
 

@@ -11,6 +11,8 @@ A schema is ``{table_name: spec}`` where spec is::
         "indexes": [["sha256"], ["model_id", "position"]],  # optional; {"columns": [...], "unique": True} too
         "fts": ["name", "description"],  # optional: FTS5 over these columns
         "fts_triggers": True,           # optional; False when the caller fills the index itself
+        "fts_contentless": True,        # optional: FTS5 keeps only the index (content=''), the caller
+                                        # inserts the indexed text, which the table need not hold
         "without_rowid": True,          # optional: a compound-key table stored as one B-tree
     }
 
@@ -65,9 +67,17 @@ def apply_schema(db: sqlite_utils.Database, schema: dict[str, dict[str, Any]]) -
                 cols, unique = list(index), False
             if tuple(cols) not in existing_indexes:
                 table.create_index(cols, unique=unique, if_not_exists=True)
-        fts = spec.get("fts")
-        if fts and not db.table(f"{name}_fts").exists():
-            table.enable_fts(fts, create_triggers=spec.get("fts_triggers", True))
+        if spec.get("fts") and not db.table(f"{name}_fts").exists():
+            create_fts(db, name, spec)
+
+
+def create_fts(db: sqlite_utils.Database, name: str, spec: dict[str, Any]) -> None:
+    """The full-text index ``{name}_fts`` a table's spec declares (see the module docstring)."""
+    if spec.get("fts_contentless"):
+        db.conn.execute(f"CREATE VIRTUAL TABLE [{name}_fts] USING FTS5 ("
+                        + ", ".join(f"[{c}]" for c in spec["fts"]) + ", content='')")
+    else:
+        db.table(name).enable_fts(spec["fts"], create_triggers=spec.get("fts_triggers", True))
 
 
 # ---- which database a file is ------------------------------------------------
@@ -166,7 +176,7 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
             "id": int, "name": str, "type": str, "username": str,
             "created_at": int, "updated_at": int,
             # Civitai's own fields
-            "description_text": str, "nsfw": int, "nsfwLevel": int, "poi": int, "minor": int,
+            "nsfw": int, "nsfwLevel": int, "poi": int, "minor": int,
             "mode": str, "availability": str, "userId": int, "allowNoCredit": int,
             "allowCommercialUse": str, "allowDerivatives": int, "allowDifferentLicense": int,
             "downloadCount": int, "thumbsUpCount": int, "thumbsDownCount": int,
@@ -182,8 +192,10 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
         "defaults": {"_gone": 0, "_partial": 0},
         "foreign_keys": [("username", "creators", "username")],
         "indexes": [["type"], ["username"], ["mode"], ["_gone"], ["_last_seen"]],
+        # the description is stored once, as HTML in data: the index holds its words (text from
+        # mirror.derive.search_row), filled by mirror.writer, never a stored copy of the text
         "fts": ["name", "description_text", "tags"],
-        "fts_triggers": False,
+        "fts_contentless": True,
     },
     "model_versions": {
         "columns": {
@@ -257,7 +269,9 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
     "model_snapshots": {
         "columns": {
             "model_id": int, "sha": str, "fetched_at": str, "kind": str, "mode": str,
-            "version_count": int, "file_count": int, "path": str, "data": str,  # data last
+            "version_count": int, "file_count": int, "path": str,
+            # last: ANSWER_IN_ROWS (the current rows), else the JSON zlib-compressed (mirror.answers)
+            "data": bytes,
         },
         "pk": ("model_id", "sha"),
         "indexes": [["fetched_at"]],

@@ -34,6 +34,7 @@ from datasette.plugins import pm
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mirror import browse, plugin
+from mirror.answers import snapshot_json
 from mirror.http_guard import guard, is_loopback
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ class FollowingDatabase(Database):
             raise sqlite3.OperationalError(f"{self.path} is served read-only")
         conn = sqlite3.connect(f"file:{quote(self.path, safe='/')}?mode=ro", uri=True,
                                check_same_thread=False, timeout=READ_BUSY_TIMEOUT_S)
+        # model_snapshots.data of a superseded answer is compressed: snapshot_json(data) reads it
+        conn.create_function("snapshot_json", 1, snapshot_json, deterministic=True)
         self._all_file_connections.append(conn)
         return conn
 

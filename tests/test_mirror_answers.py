@@ -1,6 +1,6 @@
 """Each thing stored once: the offline API's model and version answers, reassembled from the rows
 (mirror.answers), are the answers Civitai gave (the dump's JSON), for the fixture dump and the real
-samples; a superseded answer stays in model_snapshots as its JSON."""
+samples; a superseded answer stays in model_snapshots as its JSON, compressed (snapshot_json)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from mirror.answers import ANSWER_IN_ROWS, model_answer, version_answer
+from mirror.answers import ANSWER_IN_ROWS, model_answer, snapshot_json, version_answer
 from mirror.build import build_mirror
 from tests.test_mirror_build import JAN_1, copy_dump, rows
 
@@ -63,13 +63,14 @@ def test_answers_are_the_dumps_answers(tmp_path):
         assert datas and not [d["id"] for d in datas if "files" in d or "model" in d]
         assert not [d for (d,) in conn.execute("SELECT data FROM models")
                     if "modelVersions" in json.loads(d)]
-        # nothing lost: every snapshot not standing for the rows is its JSON
+        # nothing lost: every snapshot not standing for the rows is its JSON, compressed
         for kind, data in conn.execute(
                 "SELECT kind, data FROM model_snapshots WHERE data != ?", (ANSWER_IN_ROWS,)):
-            assert kind == "notfound" or "id" in json.loads(data)
+            assert isinstance(data, bytes)
+            assert kind == "notfound" or "id" in json.loads(snapshot_json(data))
 
 
-def test_a_superseded_answer_stays_as_json(tmp_path):
+def test_a_superseded_answer_stays_as_compressed_json(tmp_path):
     dump = copy_dump(tmp_path / "dump")
     db = tmp_path / "civitai.sqlite"
     build_mirror(dump, db)
@@ -83,7 +84,7 @@ def test_a_superseded_answer_stays_as_json(tmp_path):
     kept = rows(db, "SELECT data FROM model_snapshots WHERE model_id = 101 AND kind = 'model' "
                     "ORDER BY fetched_at")
     assert [d for (d,) in kept][1] == ANSWER_IN_ROWS
-    assert json.loads(kept[0][0]) == old
+    assert isinstance(kept[0][0], bytes) and json.loads(snapshot_json(kept[0][0])) == old
     with sqlite3.connect(db) as conn:
         assert model_answer(conn, 101) == new
     assert check_answers_are_the_dump(dump, db) == {101, 102, 103, 104, 105, 106, 107}
@@ -128,3 +129,32 @@ def test_a_mirror_built_before_this_layout_answers_the_same(tmp_path):
         assert model_answer(conn, 101) == want
         assert version_answer(conn, want["modelVersions"][0]["id"])["files"] == \
             want["modelVersions"][0]["files"]
+
+
+def test_a_mirror_from_before_gets_the_one_description(tmp_path):
+    """An incremental build over a mirror built before the description was stored once (a
+    description_text column, an external-content models_fts over it) drops the copy and indexes
+    the description's text without it, in one step; search finds old and new models."""
+    dump = copy_dump(tmp_path / "dump")
+    db = tmp_path / "civitai.sqlite"
+    build_mirror(dump, db)
+    with sqlite3.connect(db) as conn:  # the layout of before
+        conn.execute("DROP TABLE models_fts")
+        conn.execute("ALTER TABLE models ADD COLUMN description_text TEXT")
+        conn.execute("UPDATE models SET description_text = 'Adds detail & texture.' WHERE id = 101")
+        conn.execute("CREATE VIRTUAL TABLE models_fts USING FTS5 "
+                     "(name, description_text, tags, content=models)")
+        conn.execute("INSERT INTO models_fts(models_fts) VALUES('rebuild')")
+    main = dump / "00000000" / "00000102.json"
+    answer = json.loads(main.read_text())
+    main.write_text(json.dumps({**answer, "description": "<p>Brandnew <i>words</i></p>"}))
+    os.utime(main, (JAN_1 + 86400, JAN_1 + 86400))
+    assert build_mirror(dump, db).models_rebuilt == 1
+    assert "description_text" not in {r[1] for r in rows(db, "PRAGMA table_info(models)")}
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'texture'") == [(101,)]
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'brandnew words'") == [
+        (102,)]
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO models_fts(models_fts, rank) VALUES('integrity-check', 1)")
+        assert "content=''" in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'models_fts'").fetchone()[0]

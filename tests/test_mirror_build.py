@@ -73,8 +73,11 @@ def test_models_rows_across_schema_generations(built):
     # the community archive columns are filled the way Lora Manager reads them
     data = json.loads(rows(db, "SELECT data FROM models WHERE id = 101")[0][0])
     assert data["name"] == "Detail Slider" and "modelVersions" not in data
-    assert rows(db, "SELECT description_text FROM models WHERE id = 101") == [
-        ("Adds  detail  & texture.",)]
+    # the description is stored once (HTML in data); its text is in the search index only
+    assert "description_text" not in {r[1] for r in rows(db, "PRAGMA table_info(models)")}
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH "
+                    "'description_text:(detail AND texture)'") == [(101,)]
+    assert rows(db, "SELECT rowid FROM models_fts WHERE models_fts MATCH 'amp OR p OR b'") == []
     assert rows(db, "SELECT sha256, type FROM model_files WHERE id = 2021") == [("D4" * 32, "VAE")]
 
 
@@ -307,11 +310,15 @@ def test_fresh_build_has_every_declared_index_and_json_as_text(built):
         for index in spec.get("indexes", []):
             cols = index["columns"] if isinstance(index, dict) else index
             assert list(cols) in have, (name, cols)
-    for table in ("models", "model_versions", "model_files", "model_snapshots"):
+    for table in ("models", "model_versions", "model_files"):
         assert rows(db, f"SELECT DISTINCT typeof(data) FROM {table}") == [("text",)], table
+    # snapshots: the marker of the answer the rows stand for (text), the others compressed (blob)
+    assert rows(db, "SELECT typeof(data), count(*) FROM model_snapshots GROUP BY 1 ORDER BY 1") == [
+        ("blob", 3), ("text", 7)]
     assert rows(db, "SELECT DISTINCT typeof(meta) FROM images WHERE meta IS NOT NULL") == [("text",)]
     (data,) = tables.execute("SELECT data FROM models WHERE id = 101").fetchone()
     assert json.loads(data)["id"] == 101
+    assert rows(db, "PRAGMA page_size") == [(8192,)]  # mirror.writer.PAGE_SIZE
 
 
 def test_worker_processes_build_the_same_rows(tmp_path):
