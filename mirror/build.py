@@ -29,7 +29,7 @@ from crawler.clock import utc_iso
 from mirror.build_parallel import POOL_MIN_FILES, idle_cores, load_parallel
 from mirror.changes import carry_over, ensure_tables
 from mirror.dump_reader import iter_dump_files
-from mirror.facets import save_facet_counts
+from mirror.facets import has_facet_counts, save_facet_counts
 from mirror.load import load_files
 from mirror.schema import CIVITAI_SCHEMA, apply_schema, check_database_file, mark_database
 from mirror.writer import BuildSummary, index_loaded, open_load_db, upgrade_search
@@ -119,7 +119,8 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
         conn.executemany("INSERT OR REPLACE INTO _build_info (key, value) VALUES (?, ?)", [
             ("dump_dir", str(dump.resolve())), ("built_at", utc_iso(time.time())),
         ])
-        save_facet_counts(conn)  # the table pages' facets, counted once here (mirror.facets)
+        if fresh or summary.files_read or summary.files_removed or not has_facet_counts(conn):
+            save_facet_counts(conn)  # the table pages' facets, counted once here (mirror.facets)
         conn.commit()
         for table, attr in (("models", "models"), ("model_versions", "versions"),
                             ("model_files", "files"), ("file_hashes", "hashes"),

@@ -63,6 +63,12 @@ def _count_sql(table: str, facet_type: str, column: str) -> str:
             f"json_each(t.{c}) j WHERE t.{c} IS NOT NULL AND json_valid(t.{c})) GROUP BY value")
 
 
+def has_facet_counts(conn: sqlite3.Connection) -> bool:
+    """Whether this mirror has saved facet counts (a build before mirror.facets did not)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (FACET_TABLE,)).fetchone() is not None
+
+
 def save_facet_counts(conn: sqlite3.Connection, metadata: dict[str, Any] | None = None,
                       tables: set[str] | None = None) -> int:
     """Count every configured facet of the mirror's tables into ``_facet_counts`` (replacing what
