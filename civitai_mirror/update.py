@@ -193,6 +193,22 @@ def build_phase(options: UpdateOptions, result: UpdateResult, started: float,
         if leftover.exists():
             leftover.unlink()  # our own copy from a run that was killed: made again below
     had_mirror = db.exists()
+    try:
+        run = _build_and_record(options, result, started, had_mirror, progress, on_stage)
+    except BaseException:
+        work.unlink(missing_ok=True)  # a failed run leaves nothing behind (a killed one: the next deletes it)
+        raise
+    _fsync(work)
+    os.replace(work, db)
+    _fsync(db.parent, directory=True)
+    result.run = run
+
+
+def _build_and_record(options: UpdateOptions, result: UpdateResult, started: float, had_mirror: bool,
+                      progress: Callable[[int, int], None] | None,
+                      on_stage: Callable[[str], None] | None) -> dict[str, Any]:
+    """Copy, build, record the run and its changes, re-match: everything before the swap."""
+    db, work = options.db, work_path(options.db)
     if had_mirror:
         if on_stage:
             on_stage("copy")
@@ -201,12 +217,13 @@ def build_phase(options: UpdateOptions, result: UpdateResult, started: float,
         on_stage("build")
     result.build = build_mirror(options.dump, work, progress=progress)
     crawl, refresh = result.crawl, result.refresh
+    retried = min(result.run.get("retried", 0), crawl.done) if crawl else 0
     run = {
         "started_at": utc_iso(started), "dump": str(options.dump.resolve()),
         "library": str(options.library.resolve()) if options.library else None,
         "full_refresh": int(options.full_refresh),
-        "new_ids": crawl.done if crawl else 0, "refreshed": refresh.done if refresh else 0,
-        "retried": 0, "found": sum(s.found for s in (crawl, refresh) if s),
+        "new_ids": max(0, crawl.done - retried) if crawl else 0, "refreshed": refresh.done if refresh else 0,
+        "retried": retried, "found": sum(s.found for s in (crawl, refresh) if s),
         "notfound": sum(s.notfound + s.kept for s in (crawl, refresh) if s),
         "errors": sum(s.errors for s in (crawl, refresh) if s),
         "requests": sum(s.requests for s in (crawl, refresh) if s),
@@ -232,10 +249,7 @@ def build_phase(options: UpdateOptions, result: UpdateResult, started: float,
         conn.commit()
     finally:
         conn.close()
-    _fsync(work)
-    os.replace(work, db)
-    _fsync(db.parent, directory=True)
-    result.run = run
+    return run
 
 
 def copy_file(src: Path, dst: Path) -> None:

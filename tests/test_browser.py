@@ -220,7 +220,9 @@ def test_models_table_page(page, server, tmp_path):
     assert "LORA" in page.locator("#facet-type").inner_text()
     table = page.locator("table.rows-and-columns")
     assert "Dreamy Mix" in table.inner_text()
-    assert table.locator("th", has_text="description_text").count() == 0  # hidden by default
+    assert table.locator("th.col-id").count() == 1
+    for hidden in ("data", "_source_path", "_snapshots"):  # JSON and bookkeeping: hidden by default
+        assert table.locator(f"th.col-{hidden}").count() == 0, hidden
     _shot(page, "models", tmp_path, start="h3", height=860)
     page.locator("#facet-type a", has_text="LORA").click()
     page.wait_for_url("**/civitai/models?*type=LORA*")

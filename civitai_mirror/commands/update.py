@@ -16,6 +16,7 @@ from civitai_mirror.options import (db_option, human_bytes, json_option, progres
                                     setup_logging, verbose_option)
 from civitai_mirror.update import (DEFAULT_NEWEST, DEFAULT_NIGHTS, EXIT_LOCKED, UpdateLocked, UpdateOptions,
                                    UpdateResult, build_phase, choose_refresh, crawl_phase, update_lock)
+from crawler.writes import read_log
 from mirror.build import EmptyDump
 from mirror.changes import KINDS
 
@@ -103,6 +104,9 @@ def update(dump_dir, db_path, library, full_refresh, crawl_new, retry, refresh, 
     except EmptyDump:
         raise click.ClickException(f"{dump} holds no models yet and the crawl saved none; "
                                    "check --api-base and the network, then run update again") from None
+    except OSError as exc:  # disk full, permissions: the mirror is left as it was
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        raise click.ClickException(f"update stopped, the mirror is unchanged: {exc.strerror or exc}{where}") from None
     if result.interrupted:
         console.print("interrupted before the build: the mirror is unchanged; the next update continues")
         sys.exit(130)
@@ -120,6 +124,7 @@ def _run(options: UpdateOptions, client, console: Console) -> UpdateResult:
         raise click.ClickException(f"cannot make the dump folder {options.dump}: {exc.strerror or exc}") from None
     refresh_ids, cursor = choose_refresh(options.db, options) if options.refresh else ([], 0)
     result.run["refresh_cursor"] = cursor
+    result.run["retried"] = len(read_log(options.dump / "errors.txt")) if options.retry else 0
 
     async def crawl():
         stop = stop_on_signals(console)
@@ -158,8 +163,8 @@ def _report(result: UpdateResult, options: UpdateOptions, console: Console, as_j
     crawl, refresh = result.crawl, result.refresh
     parts = []
     if crawl:
-        parts.append(f"{crawl.done:,} new or retried ids ({crawl.found:,} saved, {crawl.notfound:,} not found, "
-                     f"{crawl.errors:,} errors)")
+        parts.append(f"{run.get('new_ids', 0):,} new ids and {run.get('retried', 0):,} retried ({crawl.found:,} saved, "
+                     f"{crawl.notfound:,} not found, {crawl.errors:,} errors)")
     if refresh:
         parts.append(f"{refresh.done:,} models refreshed ({refresh.kept:,} answered worse or 404: "
                      f"the good copy kept, {refresh.errors:,} errors)")
