@@ -121,13 +121,14 @@ def _ro(path: Path) -> sqlite3.Connection:
 
 
 def library_model_ids(library: Path | None) -> set[int]:
-    """Civitai models the library's files are matched to (none without a library or a match yet)."""
+    """Civitai models the library's model files are matched to (none without a library or a match yet)."""
     if library is None or not library.exists():
         return set()
     conn = _ro(library)
     try:
         return {row[0] for row in conn.execute(
-            "SELECT DISTINCT model_id FROM matches WHERE model_id IS NOT NULL")}
+            "SELECT DISTINCT m.model_id FROM matches m JOIN files f ON f.id = m.file_id "
+            "WHERE m.model_id IS NOT NULL AND f.kind = 'model'")}
     except sqlite3.OperationalError:  # a library never matched: no matches table yet
         return set()
     finally:
@@ -224,7 +225,8 @@ def _build_and_record(options: UpdateOptions, result: UpdateResult, started: flo
         "full_refresh": int(options.full_refresh),
         "new_ids": max(0, crawl.done - retried) if crawl else 0, "refreshed": refresh.done if refresh else 0,
         "retried": retried, "found": sum(s.found for s in (crawl, refresh) if s),
-        "notfound": sum(s.notfound + s.kept for s in (crawl, refresh) if s),
+        "notfound": sum(s.notfound for s in (crawl, refresh) if s),
+        "kept": sum(s.kept for s in (crawl, refresh) if s),
         "errors": sum(s.errors for s in (crawl, refresh) if s),
         "requests": sum(s.requests for s in (crawl, refresh) if s),
         "refresh_cursor": result.run.get("refresh_cursor", 0),

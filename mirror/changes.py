@@ -48,7 +48,7 @@ UPDATE_SCHEMA: dict[str, dict[str, Any]] = {
         "columns": {
             "id": int, "started_at": str, "finished_at": str, "dump": str, "library": str,
             "full_refresh": int, "new_ids": int, "refreshed": int, "retried": int, "found": int,
-            "notfound": int, "errors": int, "requests": int, "refresh_cursor": int,
+            "notfound": int, "kept": int, "errors": int, "requests": int, "refresh_cursor": int,
             "files_read": int, "models": int, "changes": int, "library_changes": int,
             "library_matched": int, "baseline": int,
         },
@@ -230,7 +230,8 @@ def _diff(conn: sqlite3.Connection, run_id: int, library_db: Path | None) -> lis
 
 
 def _library_holdings(library_db: Path | None, model_ids: set[int]) -> dict[tuple[int, int | None], list[str]]:
-    """Library file paths matched to each of ``model_ids``, keyed (model, version) and (model, None)."""
+    """Paths of the library's model files (not the images that used one) matched to each of
+    ``model_ids``, keyed (model, version) and (model, None)."""
     held: dict[tuple[int, int | None], list[str]] = {}
     if library_db is None or not model_ids or not Path(library_db).exists():
         return held
@@ -243,7 +244,8 @@ def _library_holdings(library_db: Path | None, model_ids: set[int]) -> dict[tupl
             chunk = ids[start:start + 500]
             rows = lib.execute(
                 "SELECT m.model_id, m.version_id, f.path FROM matches m JOIN files f ON f.id = m.file_id "
-                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND f.missing = 0 ORDER BY f.path", chunk)
+                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND f.kind = 'model' AND f.missing = 0 "
+                "ORDER BY f.path", chunk)
             for model_id, version_id, path in rows:
                 held.setdefault((model_id, version_id), []).append(path)
                 held.setdefault((model_id, None), []).append(path)

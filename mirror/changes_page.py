@@ -26,7 +26,8 @@ MAX_FILES = 5  # library files listed per change (with serve --library)
 
 #: the counts of a run, as the page labels them: (label, update_runs column)
 RUN_COUNTS = [("new ids", "new_ids"), ("refreshed", "refreshed"), ("retried", "retried"),
-              ("found", "found"), ("not found", "notfound"), ("errors", "errors"),
+              ("found", "found"), ("not found", "notfound"),
+              ("kept beside (404 or worse on refresh)", "kept"), ("errors", "errors"),
               ("requests", "requests"), ("changes", "changes"), ("library changes", "library_changes")]
 
 _KIND_ORDER = "CASE kind " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(KINDS)) + f" ELSE {len(KINDS)} END"
@@ -59,19 +60,26 @@ def _has_tables(conn: sqlite3.Connection) -> bool:
 
 
 def library_files(conn: sqlite3.Connection, model_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
-    """Up to ``MAX_FILES`` files of library.sqlite matched to each of ``model_ids``: (file id, path)."""
+    """Up to ``MAX_FILES`` model files of library.sqlite matched to each of ``model_ids``: (file id,
+    path relative to the folder it was scanned from, as the library overview shows it)."""
     held: dict[int, list[tuple[int, str]]] = {}
     ids = sorted(set(model_ids))
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
-        for model_id, file_id, path in conn.execute(
-                "SELECT m.model_id, f.id, f.path FROM matches m JOIN files f ON f.id = m.file_id "
-                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND NOT coalesce(f.missing, 0) "
-                "ORDER BY m.model_id, f.path", chunk):
+        for model_id, file_id, path, root in conn.execute(
+                "SELECT m.model_id, f.id, f.path, f.root FROM matches m JOIN files f ON f.id = m.file_id "
+                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND f.kind = 'model' "
+                "AND NOT coalesce(f.missing, 0) ORDER BY m.model_id, f.path", chunk):
             files = held.setdefault(model_id, [])
             if len(files) < MAX_FILES:
-                files.append((file_id, path))
+                files.append((file_id, _relative(path, root)))
     return held
+
+
+def _relative(path: str, root: str | None) -> str:
+    if root and path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) + 1:]
+    return path
 
 
 def _took(started: Any, finished: Any) -> str | None:

@@ -2,13 +2,14 @@
 by Playwright, against a server started as a subprocess over the demo data.
 
 Opens each page kind (home, models table, a model, a version, images, library overview, a library
-file, a LoRA's page, a canned query), checks what it shows and takes a screenshot of it. Skips when
+file, a LoRA's page, a canned query, the changes an update found), checks what it shows and takes a screenshot of it. Skips when
 chromium or the playwright package is absent. The screenshots go to docs/<kind>.png (the README shows
 them) only when SAVE_SCREENSHOT=1, so an ordinary run never dirties the checkout; otherwise to the
 test's tmp folder, checked to be real, small PNGs either way.
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import socket
@@ -16,10 +17,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from civitai_mirror.samples import sample_models
+from tests.fakeapi import FakeCivitai
 from tests.test_serve_library import build_demo_world
 
 pytestmark = pytest.mark.browser
@@ -49,9 +54,9 @@ def sync_playwright():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, sync_playwright):
-    world = build_demo_world(tmp_path_factory.mktemp("browser") / "demo")
+@contextmanager
+def _serving(world: dict[str, Path]) -> Iterator[str]:
+    """``civitai-mirror serve`` of a world's mirror, library and dump; yields its base URL."""
     port = _free_port()
     exe = Path(sys.executable).with_name("civitai-mirror")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "civitai_mirror"]
@@ -71,7 +76,7 @@ def server(tmp_path_factory, sync_playwright):
                 time.sleep(0.1)
         else:
             raise RuntimeError("serve did not answer")
-        yield base, world
+        yield base
     finally:
         proc.terminate()
         try:
@@ -79,6 +84,54 @@ def server(tmp_path_factory, sync_playwright):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sync_playwright):
+    world = build_demo_world(tmp_path_factory.mktemp("browser") / "demo")
+    with _serving(world) as base:
+        yield base, world
+
+
+def night_upstream(models: list[dict]) -> list[dict]:
+    """The demo's models after a night on Civitai: a model you hold archived, a new version of a
+    LoRA you hold, a file's hash changed, a model taken down, a new model; Line Guide answers 404."""
+    by_id = {m["id"]: copy.deepcopy(m) for m in models if m["id"] != 180}
+    version = copy.deepcopy(by_id[150]["modelVersions"][0])
+    version.update(id=1599, name="v2.0", images=[])
+    for file in version.get("files") or []:
+        file["id"] += 90000
+    by_id[150]["modelVersions"].insert(0, version)
+    by_id[110]["mode"] = "Archived"
+    by_id[230]["modelVersions"][0]["files"][0]["hashes"]["SHA256"] = "C0FFEE" * 10 + "C0FE"
+    by_id[250]["mode"] = "TakenDown"
+    new = copy.deepcopy(by_id[390])
+    new.update(id=410, name="Aurora Ribbons")
+    for k, version in enumerate(new["modelVersions"]):
+        version.update(id=4100 + k, images=[])
+        for file in version.get("files") or []:
+            file["id"] += 50000
+    by_id[410] = new
+    return list(by_id.values())
+
+
+@pytest.fixture(scope="module")
+def updated_server(tmp_path_factory, sync_playwright):
+    """The demo world after `update` brought in one night upstream (from the fake API)."""
+    world = build_demo_world(tmp_path_factory.mktemp("browser-update") / "demo")
+    fake = FakeCivitai().start()
+    try:
+        fake.add_models(night_upstream(sample_models(world["dir"] / "collection", latest=True)))
+        # a process of its own: Playwright's event loop may already run in this thread
+        done = subprocess.run([
+            sys.executable, "-m", "civitai_mirror", "update", "--dump", str(world["dump"]), "--db",
+            str(world["civitai"]), "--library", str(world["library"]), "--api-base", fake.api_base,
+            "--retries", "1", "--sleep-retries", "0.01"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        fake.stop()
+    with _serving(world) as base:
+        yield base, world
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +326,23 @@ def test_lora_file_page(page, server, tmp_path):
     assert summary.locator(".library-trigger-words code").count() > 0
     assert "00001-3141592653.png" in summary.locator(".library-used-by").inner_text()
     _shot(page, "lora", tmp_path)
+
+
+def test_changes_page_after_an_update(page, updated_server, tmp_path):
+    base, _ = updated_server
+    page.goto(f"{base}/-/changes")
+    assert "Run 1" in page.locator("h2").first.inner_text()
+    groups = page.locator("section.changes-group")
+    first = groups.first  # what touches your library comes first
+    assert "in-library" in first.get_attribute("class")
+    held = page.locator("section.changes-group.in-library").all_inner_texts()
+    assert any("archived" in g and "Dreamy Mix" in g and "dreamy_mix_v2.safetensors" in g for g in held)
+    assert any("new version" in g and "Ink Wash Pony" in g and "v2.0" in g for g in held)
+    rest = page.locator("section.changes-group:not(.in-library)").all_inner_texts()
+    assert any("taken down" in g and "Soft Grade" in g for g in rest)
+    assert any("file hash changed" in g and "C0FFEE" in g for g in rest)
+    assert any("new model" in g and "Aurora Ribbons" in g for g in rest)
+    _shot(page, "changes", tmp_path, height=760)
+    first.locator("a", has_text="Dreamy Mix").click()
+    page.wait_for_url("**/civitai/models/110")
+    assert "Archived" in page.locator(".civitai-card").inner_text()

@@ -40,7 +40,8 @@ CHANGES = [  # run, kind, model, version, file, model name, version name, old, n
     # a version_new comes after taken down / hash changed in KINDS: first only because you hold it
     (3, "version_new", 101, 1011, None, "Detail Slider", "v1.1", None, "v1.1", 1),
 ]
-LIBRARY_FILES = [(1, "/loras/detail_slider_v11.safetensors"), (2, "/backup/<b>odd</b>.safetensors")]
+LIBRARY_FILES = [(1, "/loras/detail_slider_v11.safetensors", "/loras"),
+                 (2, "/backup/<b>odd</b>.safetensors", None)]
 
 
 def add_updates(db) -> None:
@@ -57,8 +58,8 @@ def add_updates(db) -> None:
 def make_library(path) -> None:
     """A library.sqlite whose two files are matched to model 101."""
     library = open_library(path)
-    library["files"].insert_all({"id": i, "path": p, "kind": "model"} for i, p in LIBRARY_FILES)
-    library["matches"].insert_all({"file_id": i, "model_id": 101, "version_id": 1011} for i, _ in LIBRARY_FILES)
+    library["files"].insert_all({"id": i, "path": p, "root": r, "kind": "model"} for i, p, r in LIBRARY_FILES)
+    library["matches"].insert_all({"file_id": i, "model_id": 101, "version_id": 1011} for i, _, _ in LIBRARY_FILES)
     library.close()
 
 
@@ -100,7 +101,8 @@ def test_the_latest_run_library_change_first_and_everything_escaped(server):
                                      "taken down (1)", "file hash changed (1)", "new model (1)")]
     assert order == sorted(order)
     assert text.index("Detail Slider") < text.index(html.escape(HOSTILE))
-    assert '/library/files/1">/loras/detail_slider_v11.safetensors</a>' in text  # your files, from the library
+    # your files, from the library, relative to the folder scanned (as the library overview shows them)
+    assert '/library/files/1">detail_slider_v11.safetensors</a>' in text
     assert "&lt;b&gt;odd&lt;/b&gt;" in text and "<b>odd</b>" not in text
     # a stranger's model name is text, never markup
     assert HOSTILE not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
