@@ -124,9 +124,16 @@ class Dump:
         return max([0, *self.downloaded, *self.crawled])
 
     def save_model(self, model_id: int, model: dict, host: str) -> str:
-        """Save a model answer and log it; returns ``saved``, ``unchanged`` or ``kept`` (worse answer put beside)."""
+        """Save a model answer and log it; returns ``saved``, ``unchanged`` or ``kept`` (worse answer put beside).
+
+        An ``unchanged`` answer of a model downloaded.txt already lists adds no line: a nightly
+        refresh asks tens of thousands of models again, most of them the same, and the log would
+        grow by that much every night for nothing it does not already say."""
         status = self.write_model(model_id, model)
-        self.log_saved(model_id, host)
+        if status == "unchanged" and model_id in self.downloaded:
+            self._resolved(model_id)
+        else:
+            self.log_saved(model_id, host)
         return status
 
     def _model_file(self, model_id: int) -> str:

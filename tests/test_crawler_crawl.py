@@ -89,8 +89,15 @@ def test_known_ids_are_skipped_unless_refresh_or_recheck(fake, tmp_path):
     fake.reset_counts()
     summary = run_crawl(fake, out, "--start", "1", "--end", "30", "--per-id")
     assert fake.count() == 0 and summary["skipped"] == 30
+    logged = (out / "downloaded.txt").read_text()
     summary = run_crawl(fake, out, "--start", "1", "--end", "30", "--per-id", "--refresh")
     assert fake.count() == 20 and summary["found"] == 20
+    assert (out / "downloaded.txt").read_text() == logged  # the same answers: no new lines
+    fake.models[2]["name"] = "Renamed"
+    run_crawl(fake, out, "--start", "1", "--end", "30", "--refresh")
+    assert (out / "downloaded.txt").read_text().startswith(logged)
+    assert [line.split("\t")[0] for line in (out / "downloaded.txt").read_text()[len(logged):].splitlines()] == [
+        "00000002"]  # a changed answer is a new download
     fake.reset_counts()
     fake.add_models([make_model(3)])  # a model that was not found is published now
     summary = run_crawl(fake, out, "--start", "1", "--end", "30", "--per-id", "--recheck-notfound")
