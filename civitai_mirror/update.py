@@ -38,6 +38,7 @@ from matcher.schema import open_library
 from mirror.build import build_mirror
 from mirror.changes import UPDATE_SCHEMA, last_refresh_cursor, record_changes
 from mirror.facets import save_facet_counts
+from mirror.schema import connect_read_only
 from mirror.writer import BuildSummary
 
 try:
@@ -116,15 +117,11 @@ def update_lock(db: Path) -> Iterator[None]:
 
 # -- which models to refresh ------------------------------------------------------------------------
 
-def _ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
-
-
 def library_model_ids(library: Path | None) -> set[int]:
     """Civitai models the library's model files are matched to (none without a library or a match yet)."""
     if library is None or not library.exists():
         return set()
-    conn = _ro(library)
+    conn = connect_read_only(library)
     try:
         return {row[0] for row in conn.execute(
             "SELECT DISTINCT m.model_id FROM matches m JOIN files f ON f.id = m.file_id "
@@ -139,7 +136,7 @@ def choose_refresh(db: Path, options: UpdateOptions) -> tuple[list[int], int]:
     """The model ids to fetch again this run, and the rotation cursor to store when it finishes."""
     if not db.exists():
         return [], 0
-    conn = _ro(db)
+    conn = connect_read_only(db)
     try:
         known = [row[0] for row in conn.execute("SELECT id FROM models ORDER BY id")]
         cursor = last_refresh_cursor(conn)

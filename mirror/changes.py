@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import sqlite_utils
 
-from mirror.schema import apply_schema
+from mirror.schema import apply_schema, connect_read_only, has_table
 
 KINDS: dict[str, str] = {
     "model_taken_down": "taken down",
@@ -135,15 +135,10 @@ def ensure_tables(conn: sqlite3.Connection) -> None:
 
 def last_refresh_cursor(conn: sqlite3.Connection) -> int:
     """Where the nightly rotation stopped last time (0 before the first update)."""
-    if not _has_table(conn, "update_runs"):
+    if not has_table(conn, "update_runs"):
         return 0
     row = conn.execute("SELECT refresh_cursor FROM update_runs ORDER BY id DESC LIMIT 1").fetchone()
     return (row[0] or 0) if row else 0
-
-
-def _has_table(conn: sqlite3.Connection, name: str, schema: str = "main") -> bool:
-    return conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?",
-                        (name,)).fetchone() is not None
 
 
 def record_changes(conn: sqlite3.Connection, old_db: Path | None, library_db: Path | None,
@@ -177,7 +172,7 @@ def carry_over(conn: sqlite3.Connection, old_db: Path) -> int:
         return 0
     conn.execute("ATTACH DATABASE ? AS prev", (str(Path(old_db).resolve()),))  # only read
     try:
-        if not (_has_table(conn, "update_runs", "prev") and _has_table(conn, "changes", "prev")):
+        if not (has_table(conn, "update_runs", "prev") and has_table(conn, "changes", "prev")):
             return 0
         ensure_tables(conn)
         for table in UPDATE_SCHEMA:
@@ -191,14 +186,10 @@ def carry_over(conn: sqlite3.Connection, old_db: Path) -> int:
         conn.execute("DETACH DATABASE prev")
 
 
-def _ro_uri(path: Path) -> str:
-    return Path(path).resolve().as_uri() + "?mode=ro"
-
-
 def _diff(conn: sqlite3.Connection, run_id: int, library_db: Path | None) -> list[dict[str, Any]]:
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS touched (id INTEGER PRIMARY KEY)")
     conn.execute("DELETE FROM temp.touched")
-    if _has_table(conn, "_sources", "old"):
+    if has_table(conn, "_sources", "old"):
         conn.execute(_TOUCHED)
     found: list[tuple] = []
     for kind, sql in _DIFFS.items():
@@ -229,26 +220,31 @@ def _diff(conn: sqlite3.Connection, run_id: int, library_db: Path | None) -> lis
     return changes
 
 
+def library_model_files(conn: sqlite3.Connection, model_ids: Iterable[int]) -> Iterator[tuple]:
+    """(model id, version id, file id, path, scan root) of the library's model files (not the images
+    that used one) matched to ``model_ids``, present on disk, by model then path. ``conn``: library.sqlite."""
+    ids = sorted(set(model_ids))
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        yield from conn.execute(
+            "SELECT m.model_id, m.version_id, f.id, f.path, f.root FROM matches m JOIN files f ON f.id = m.file_id "
+            f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND f.kind = 'model' "
+            "AND NOT coalesce(f.missing, 0) ORDER BY m.model_id, f.path", chunk)
+
+
 def _library_holdings(library_db: Path | None, model_ids: set[int]) -> dict[tuple[int, int | None], list[str]]:
-    """Paths of the library's model files (not the images that used one) matched to each of
-    ``model_ids``, keyed (model, version) and (model, None)."""
+    """Paths of the library's model files matched to each of ``model_ids`` (``library_model_files``),
+    keyed (model, version) and (model, None)."""
     held: dict[tuple[int, int | None], list[str]] = {}
     if library_db is None or not model_ids or not Path(library_db).exists():
         return held
-    lib = sqlite3.connect(_ro_uri(library_db), uri=True)
+    lib = connect_read_only(library_db)
     try:
-        if not (_has_table(lib, "matches") and _has_table(lib, "files")):
+        if not (has_table(lib, "matches") and has_table(lib, "files")):
             return held
-        ids = sorted(model_ids)
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = lib.execute(
-                "SELECT m.model_id, m.version_id, f.path FROM matches m JOIN files f ON f.id = m.file_id "
-                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND f.kind = 'model' AND f.missing = 0 "
-                "ORDER BY f.path", chunk)
-            for model_id, version_id, path in rows:
-                held.setdefault((model_id, version_id), []).append(path)
-                held.setdefault((model_id, None), []).append(path)
+        for model_id, version_id, _, path, _ in library_model_files(lib, model_ids):
+            held.setdefault((model_id, version_id), []).append(path)
+            held.setdefault((model_id, None), []).append(path)
     finally:
         lib.close()
     return held

@@ -17,7 +17,9 @@ from typing import Any, Awaitable, Callable
 
 from datasette.utils.asgi import Response
 
-from mirror.changes import KINDS
+from mirror.changes import KINDS, library_model_files
+from mirror.model_page import relative
+from mirror.schema import has_table
 
 RUNS_LISTED = 50  # earlier runs listed under the report (all are in the update_runs table)
 PER_GROUP = 500  # changes shown per kind (a full refresh can find thousands; the rest: the table)
@@ -54,32 +56,18 @@ def parse_run(value: str | None) -> int | None:
 
 
 def _has_tables(conn: sqlite3.Connection) -> bool:
-    found = {r[0] for r in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('update_runs', 'changes')")}
-    return found == {"update_runs", "changes"}
+    return has_table(conn, "update_runs") and has_table(conn, "changes")
 
 
 def library_files(conn: sqlite3.Connection, model_ids: list[int]) -> dict[int, list[tuple[int, str]]]:
     """Up to ``MAX_FILES`` model files of library.sqlite matched to each of ``model_ids``: (file id,
     path relative to the folder it was scanned from, as the library overview shows it)."""
     held: dict[int, list[tuple[int, str]]] = {}
-    ids = sorted(set(model_ids))
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        for model_id, file_id, path, root in conn.execute(
-                "SELECT m.model_id, f.id, f.path, f.root FROM matches m JOIN files f ON f.id = m.file_id "
-                f"WHERE m.model_id IN ({','.join('?' * len(chunk))}) AND f.kind = 'model' "
-                "AND NOT coalesce(f.missing, 0) ORDER BY m.model_id, f.path", chunk):
-            files = held.setdefault(model_id, [])
-            if len(files) < MAX_FILES:
-                files.append((file_id, _relative(path, root)))
+    for model_id, _, file_id, path, root in library_model_files(conn, model_ids):
+        files = held.setdefault(model_id, [])
+        if len(files) < MAX_FILES:
+            files.append((file_id, relative(path, root)))
     return held
-
-
-def _relative(path: str, root: str | None) -> str:
-    if root and path.startswith(root.rstrip("/") + "/"):
-        return path[len(root.rstrip("/")) + 1:]
-    return path
 
 
 def _took(started: Any, finished: Any) -> str | None:

@@ -22,6 +22,8 @@ from datasette.database import QueryInterrupted
 from datasette.facets import ArrayFacet, ColumnFacet, load_facet_configs
 from datasette.utils import escape_sqlite, path_with_added_args, path_with_removed_args
 
+from mirror.schema import has_table
+
 FACET_TABLE = "_facet_counts"
 #: what the facets one page counts by a scan may take together (each also within Datasette's
 #: facet_time_limit_ms); the ones not done by then are listed as timed out, as Datasette lists a
@@ -65,8 +67,7 @@ def _count_sql(table: str, facet_type: str, column: str) -> str:
 
 def has_facet_counts(conn: sqlite3.Connection) -> bool:
     """Whether this mirror has saved facet counts (a build before mirror.facets did not)."""
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-                        (FACET_TABLE,)).fetchone() is not None
+    return has_table(conn, FACET_TABLE)
 
 
 def save_facet_counts(conn: sqlite3.Connection, metadata: dict[str, Any] | None = None,

@@ -18,6 +18,8 @@ from typing import Any
 
 import markupsafe
 
+from mirror.schema import has_table
+
 LORA_KINDS = ("lora", "lycoris", "locon", "loha", "lokr", "dora")
 _LORA_SQL = ", ".join(f"'{k}'" for k in LORA_KINDS)
 
@@ -213,15 +215,10 @@ def _all(conn: sqlite3.Connection, sql: str, params) -> list[dict]:
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def _has_table(conn, name: str, schema: str = "main") -> bool:
-    return conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type IN ('table', 'view') "
-                        "AND name = ?", [name]).fetchone() is not None
-
-
 def _civitai_state(conn, model_id, version_id) -> str | None:
     """'gone', 'Archived', 'TakenDown' or 'version archived' when the attached mirror says so."""
     schemas = {row[1] for row in conn.execute("PRAGMA database_list")}
-    if "civitai" not in schemas or not model_id or not _has_table(conn, "models", "civitai"):
+    if "civitai" not in schemas or not model_id or not has_table(conn, "models", "civitai"):
         return None
     model = _one(conn, "SELECT _gone, mode FROM civitai.models WHERE id = ?", [model_id])
     if model is None:
@@ -251,18 +248,18 @@ def file_details(conn: sqlite3.Connection, file_id: int) -> dict | None:
         "match": None, "generation": [], "loras": [], "resources": [], "exif": [],
         "thumbnail": None, "copies": [],
     }
-    if _has_table(conn, "matches"):
+    if has_table(conn, "matches"):
         match = _one(conn, "SELECT * FROM matches WHERE file_id = ?", [file_id])
         if match:
             match["civitai_state"] = _civitai_state(conn, match.get("model_id"), match.get("version_id"))
             out["match"] = match
-    if _has_table(conn, "generations"):
+    if has_table(conn, "generations"):
         gen = _one(conn, "SELECT * FROM generations WHERE file_id = ?", [file_id])
         if gen:
             out["generation"] = [(label, gen[col]) for label, col in _GENERATION_FIELDS
                                  if gen.get(col) not in (None, "")]
-    if _has_table(conn, "resources"):
-        has_rm = _has_table(conn, "resource_matches")
+    if has_table(conn, "resources"):
+        has_rm = has_table(conn, "resource_matches")
         rm_cols = ("rm.local_file_id, lf.path AS local_path, rm.model_id, rm.version_id, "
                    "rm.model_name, rm.version_name, rm.reason, rm.confidence"
                    if has_rm else "NULL AS local_file_id, NULL AS local_path, NULL AS model_id, "
@@ -275,7 +272,7 @@ def file_details(conn: sqlite3.Connection, file_id: int) -> dict | None:
                     [file_id])
         out["resources"] = rows
         out["loras"] = [r for r in rows if (r["kind"] or "").lower() in LORA_KINDS]
-    if _has_table(conn, "media_info"):
+    if has_table(conn, "media_info"):
         info = _one(conn, "SELECT * FROM media_info WHERE file_id = ?", [file_id])
         if info:
             out["thumbnail"] = thumbnail_html(info.get("thumbnail"), alt=file["path"])

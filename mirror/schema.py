@@ -121,9 +121,20 @@ def database_kind(conn: sqlite3.Connection) -> str | None:
     return None
 
 
+def connect_read_only(path: str | Path) -> sqlite3.Connection:
+    """A connection that cannot write to the file at ``path`` (``mode=ro``, never ``immutable``)."""
+    return sqlite3.connect(f"file:{quote(str(Path(path).resolve()), safe='/')}?mode=ro", uri=True)
+
+
+def has_table(conn: sqlite3.Connection, name: str, schema: str = "main") -> bool:
+    """Whether the database ``schema`` of ``conn`` has a table or view ``name``."""
+    return conn.execute(f"SELECT 1 FROM {schema}.sqlite_master WHERE type IN ('table', 'view') AND name = ?",
+                        (name,)).fetchone() is not None
+
+
 def database_file_kind(path: str | Path) -> str | None:
     """``database_kind`` of a file, read without writing anything (``"empty"`` for an empty file)."""
-    conn = sqlite3.connect(f"file:{quote(str(Path(path).resolve()), safe='/')}?mode=ro", uri=True)
+    conn = connect_read_only(path)
     try:
         return database_kind(conn)
     finally:

@@ -36,6 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from mirror import browse, plugin
 from mirror.answers import snapshot_json
 from mirror.http_guard import guard, is_loopback
+from mirror.schema import connect_read_only
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class FollowingDatabase(Database):
 
 def _columns_of(path: Path) -> dict[str, set[str]]:
     """Tables and views of a SQLite file and their columns, read without writing anything."""
-    conn = sqlite3.connect(f"file:{quote(str(path), safe='/')}?mode=ro", uri=True)
+    conn = connect_read_only(path)
     try:
         names = [r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
@@ -173,7 +174,7 @@ def make_datasette(db_path: str | Path, library: str | Path | None = None,
         plugin_config["dump_dir"] = str(Path(dump_dir).resolve())
     if library is not None:
         prune_table_metadata(meta, "library", Path(library))
-        conn = sqlite3.connect(f"file:{quote(str(Path(library).resolve()), safe='/')}?mode=ro", uri=True)
+        conn = connect_read_only(library)
         try:
             browse.hide_empty_exif(plugin_config, conn)
         finally:

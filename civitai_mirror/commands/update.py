@@ -19,6 +19,7 @@ from civitai_mirror.update import (DEFAULT_NEWEST, DEFAULT_NIGHTS, EXIT_LOCKED, 
 from crawler.writes import read_log
 from mirror.build import EmptyDump
 from mirror.changes import KINDS
+from mirror.reader import Mirror
 
 COPY_NOTE_BYTES = 100_000_000
 SHOWN_CHANGES = 40  # listed one per line in the summary; the rest counted (all are in --json and /-/changes)
@@ -27,16 +28,13 @@ SHOWN_CHANGES = 40  # listed one per line in the summary; the rest counted (all 
 def _default_dump(db: Path) -> Path:
     """The folder the mirror was last built from, else ./civitai-meta."""
     if db.exists():
+        mirror = Mirror(db)
         try:
-            conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
-            try:
-                row = conn.execute("SELECT value FROM _build_info WHERE key = 'dump_dir'").fetchone()
-            finally:
-                conn.close()
-            if row and row[0]:
-                return Path(row[0])
+            return mirror.dump_dir() or Path("civitai-meta")
         except sqlite3.Error:
             pass
+        finally:
+            mirror.db.close()
     return Path("civitai-meta")
 
 
