@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from civitai_mirror.fixtures import insert_before_iend, picture, png_bytes, png_chunk, write_png  # noqa: E402
+from civitai_mirror.fixtures import (comfy_long_chain, insert_before_iend, picture, png_bytes,  # noqa: E402
+                                     png_chunk, write_png)
 from matcher.media.containers import read_containers  # noqa: E402
 from matcher.media.extract import _extract, extract_library  # noqa: E402
 from matcher.media.parse import parse_containers, parse_text  # noqa: E402
@@ -52,15 +53,7 @@ def png(*chunks: bytes) -> bytes:
 
 
 def graph(size: int) -> str:
-    nodes = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "deep.safetensors"}},
-             "2": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 9, "cfg": 7, "model": ["1", 0]}}}
-    prev = "2"
-    for i in range(2000):
-        nodes[f"c{i}"] = {"class_type": "Passthrough", "inputs": {"x": [prev, 0]}}
-        prev = f"c{i}"
-    for j in range(max(1, (size - 90_000) // 60)):
-        nodes[f"o{j}"] = {"class_type": "SaveImage", "inputs": {"images": [prev, 0]}}
-    return json.dumps(nodes)
+    return json.dumps(comfy_long_chain(max(1, (size - 90_000) // 60)))
 
 
 #: name -> size in bytes -> (what is parsed, "png" bytes or "sidecar" text)

@@ -152,6 +152,22 @@ def insert_before_iend(png: bytes, extra: bytes) -> bytes:
     return png[:i] + extra + png[i:]
 
 
+def comfy_long_chain(outputs: int, chain: int = 2000) -> dict[str, Any]:
+    """A ComfyUI prompt graph built to be slow to read: a checkpoint and a sampler, ``chain``
+    pass-through nodes after them, and ``outputs`` save nodes on the chain's end (a reader that
+    walks the chain once per output is quadratic)."""
+    nodes: dict[str, Any] = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "deep.safetensors"}},
+        "2": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 9, "cfg": 7, "model": ["1", 0]}}}
+    prev = "2"
+    for i in range(chain):
+        nodes[f"c{i}"] = {"class_type": "Passthrough", "inputs": {"x": [prev, 0]}}
+        prev = f"c{i}"
+    for j in range(outputs):
+        nodes[f"o{j}"] = {"class_type": "SaveImage", "inputs": {"images": [prev, 0]}}
+    return nodes
+
+
 def write_png(path: str | Path, image: Image.Image, text: Mapping[str, str] | None = None) -> None:
     Path(path).write_bytes(image_bytes(image, text=text))
 

@@ -15,13 +15,6 @@ def world(tmp_path_factory):
     return build_demo_world(tmp_path_factory.mktemp("browse-tables") / "demo")
 
 
-@pytest.fixture
-async def client(world):
-    ds = make_datasette(world["civitai"], world["library"], world["dump"])
-    await ds.invoke_startup()
-    return ds.client
-
-
 def _columns(html: str) -> list[str]:
     return re.findall(r'<th [^>]*data-column="([^"]+)"', html)
 

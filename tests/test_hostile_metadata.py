@@ -15,7 +15,7 @@ import pytest
 import sqlite_utils
 
 import matcher.media.extract
-from civitai_mirror.fixtures import insert_before_iend, png_bytes, png_chunk, write_png, picture
+from civitai_mirror.fixtures import comfy_long_chain, insert_before_iend, png_bytes, png_chunk, write_png, picture
 from matcher.media.budget import BUDGET_MEMORY_ERROR, BUDGET_TIME_ERROR, Budget, budgeted_call
 from matcher.media.containers import MAX_TOTAL_TEXT_BYTES
 from matcher.media.extract import MAX_SIDECAR_BYTES, extract_library, extract_within_budget
@@ -201,14 +201,7 @@ def test_thousands_of_resources_and_lora_tags(tmp_path):
 
 
 def test_a_graph_of_many_outputs_on_a_long_chain(tmp_path):
-    nodes = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "deep.safetensors"}},
-             "2": {"class_type": "KSampler", "inputs": {"seed": 3, "steps": 9, "cfg": 7, "model": ["1", 0]}}}
-    prev = "2"
-    for i in range(2000):
-        nodes[f"c{i}"] = {"class_type": "Passthrough", "inputs": {"x": [prev, 0]}}
-        prev = f"c{i}"
-    for j in range(60_000):  # each output used to walk the whole chain again (40 s)
-        nodes[f"o{j}"] = {"class_type": "SaveImage", "inputs": {"images": [prev, 0]}}
+    nodes = comfy_long_chain(60_000)  # each output used to walk the whole chain again (40 s)
     rec = read(tmp_path, png_with(text_chunk("prompt", json.dumps(nodes))))
     no_budget_error(rec)
     assert (rec["model_name"], rec["seed"], rec["steps"]) == ("deep.safetensors", 3, 9)

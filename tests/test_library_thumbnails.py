@@ -34,13 +34,6 @@ def world(tmp_path_factory):
     return world
 
 
-@pytest.fixture
-async def client(world):
-    ds = make_datasette(world["civitai"], world["library"], world["dump"])
-    await ds.invoke_startup()
-    return ds.client
-
-
 def _thumbs(html: str) -> dict[str, str]:
     """The overview's model thumbnails by the row's file name."""
     out = {}

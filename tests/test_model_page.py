@@ -66,13 +66,6 @@ def world(tmp_path_factory):
     return build_demo_world(tmp_path_factory.mktemp("model-page") / "demo")
 
 
-@pytest.fixture
-async def client(world):
-    ds = make_datasette(world["civitai"], world["library"], world["dump"])
-    await ds.invoke_startup()
-    return ds.client
-
-
 def _text(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 

@@ -60,13 +60,6 @@ def ids(world):
     return by_name
 
 
-@pytest.fixture
-async def client(world):
-    ds = make_datasette(world["civitai"], world["library"], world["dump"])
-    await ds.invoke_startup()
-    return ds.client
-
-
 async def rows(client, path: str) -> list[dict]:
     response = await client.get(path + ("&" if "?" in path else "?") + "_shape=objects")
     assert response.status_code == 200, response.text
