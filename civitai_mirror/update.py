@@ -36,7 +36,7 @@ from crawler.jobs import CrawlOptions, CrawlStats, run_crawl
 from matcher.match import match_library
 from matcher.schema import open_library
 from mirror.build import build_mirror
-from mirror.changes import UPDATE_SCHEMA, last_refresh_cursor, record_changes
+from mirror.changes import UPDATE_TABLES, last_refresh_cursor, record_changes
 from mirror.facets import save_facet_counts
 from mirror.schema import connect_read_only
 from mirror.writer import BuildSummary
@@ -232,7 +232,7 @@ def _build_and_record(options: UpdateOptions, result: UpdateResult, started: flo
     conn = sqlite3.connect(str(work))
     try:
         result.changes = record_changes(conn, db if had_mirror else None, options.library, run)
-        save_facet_counts(conn, tables=set(UPDATE_SCHEMA))  # the build counted them before this run's rows
+        save_facet_counts(conn, tables=set(UPDATE_TABLES))  # the build counted them before this run's rows
         if options.library is not None and options.library.exists():
             if on_stage:
                 on_stage("match")

@@ -27,7 +27,7 @@ import sqlite_utils
 
 from crawler.clock import utc_iso
 from mirror.build_parallel import POOL_MIN_FILES, idle_cores, load_parallel
-from mirror.changes import carry_over, ensure_tables
+from mirror.changes import carry_over
 from mirror.dump_reader import iter_dump_files
 from mirror.facets import has_facet_counts, save_facet_counts
 from mirror.load import load_files
@@ -113,7 +113,6 @@ def build_mirror(dump: str | Path, db_path: str | Path, *, full: bool = False,
         conn.execute("UPDATE creators SET model_count = "
                      "(SELECT count(*) FROM models WHERE models.username = creators.username)")
         summary.local_images = link_local_images(conn, dump)
-        ensure_tables(conn)  # update_runs and changes: empty until the first update
         if fresh:
             carry_over(conn, db_path)  # what update recorded is not in the dump
         conn.executemany("INSERT OR REPLACE INTO _build_info (key, value) VALUES (?, ?)", [

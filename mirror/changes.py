@@ -27,9 +27,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import sqlite_utils
 
-from mirror.schema import apply_schema, connect_read_only, has_table
+from mirror.schema import CIVITAI_SCHEMA, connect_read_only, has_table
 
 KINDS: dict[str, str] = {
     "model_taken_down": "taken down",
@@ -43,30 +42,8 @@ KINDS: dict[str, str] = {
     "version_new": "new version",
 }
 
-UPDATE_SCHEMA: dict[str, dict[str, Any]] = {
-    "update_runs": {
-        "columns": {
-            "id": int, "started_at": str, "finished_at": str, "dump": str, "library": str,
-            "full_refresh": int, "new_ids": int, "refreshed": int, "retried": int, "found": int,
-            "notfound": int, "kept": int, "errors": int, "requests": int, "refresh_cursor": int,
-            "files_read": int, "models": int, "changes": int, "library_changes": int,
-            "library_matched": int, "baseline": int,
-        },
-        "pk": "id",
-    },
-    "changes": {
-        "columns": {
-            "id": int, "run_id": int, "kind": str, "model_id": int, "version_id": int, "file_id": int,
-            "model_name": str, "version_name": str, "type": str, "base_model": str,
-            "old": str, "new": str, "in_library": int,
-        },
-        "pk": "id",
-        "not_null": {"run_id", "kind", "model_id"},
-        "defaults": {"in_library": 0},
-        "foreign_keys": [("run_id", "update_runs", "id")],
-        "indexes": [["run_id", "in_library"], ["model_id"], ["kind"]],
-    },
-}
+#: the two tables an update writes; declared in CIVITAI_SCHEMA, so every build makes them (empty)
+UPDATE_TABLES = ("update_runs", "changes")
 
 # One SELECT per kind over the touched models (temp table ``touched``), giving
 # (model_id, version_id, file_id, old, new). ``main`` is the new build, ``old`` the served mirror.
@@ -128,11 +105,6 @@ _TOUCHED = """
 MAX_LIBRARY_PATHS = 5  # paths listed per change (a model held in many copies is still one change)
 
 
-def ensure_tables(conn: sqlite3.Connection) -> None:
-    """Create ``update_runs`` and ``changes`` if missing (a plain build does not make them)."""
-    apply_schema(sqlite_utils.Database(conn), UPDATE_SCHEMA)
-
-
 def last_refresh_cursor(conn: sqlite3.Connection) -> int:
     """Where the nightly rotation stopped last time (0 before the first update)."""
     if not has_table(conn, "update_runs"):
@@ -146,7 +118,6 @@ def record_changes(conn: sqlite3.Connection, old_db: Path | None, library_db: Pa
     """Insert the ``update_runs`` row ``run`` and the changes of the models this build touched,
     compared with ``old_db`` (None: the first build, a baseline with no changes). Does not commit.
     Returns the changes, library ones first, in the order of ``KINDS``."""
-    ensure_tables(conn)
     cur = conn.execute(
         f"INSERT INTO update_runs ({', '.join(run)}) VALUES ({', '.join('?' * len(run))})", list(run.values()))
     run_id = cur.lastrowid
@@ -174,10 +145,9 @@ def carry_over(conn: sqlite3.Connection, old_db: Path) -> int:
     try:
         if not (has_table(conn, "update_runs", "prev") and has_table(conn, "changes", "prev")):
             return 0
-        ensure_tables(conn)
-        for table in UPDATE_SCHEMA:
+        for table in UPDATE_TABLES:
             cols = [row[1] for row in conn.execute(f'PRAGMA prev.table_info("{table}")')
-                    if row[1] in UPDATE_SCHEMA[table]["columns"]]
+                    if row[1] in CIVITAI_SCHEMA[table]["columns"]]
             names = ", ".join(f'"{c}"' for c in cols)
             conn.execute(f'INSERT OR IGNORE INTO main."{table}" ({names}) SELECT {names} FROM prev."{table}"')
         return conn.execute("SELECT count(*) FROM prev.update_runs").fetchone()[0]

@@ -287,6 +287,30 @@ CIVITAI_SCHEMA: dict[str, dict[str, Any]] = {
         "pk": ("model_id", "sha"),
         "indexes": [["fetched_at"]],
     },
+    # what each `civitai-mirror update` found upstream (mirror.changes writes them; a build makes
+    # them empty, and `build --full` carries them over)
+    "update_runs": {
+        "columns": {
+            "id": int, "started_at": str, "finished_at": str, "dump": str, "library": str,
+            "full_refresh": int, "new_ids": int, "refreshed": int, "retried": int, "found": int,
+            "notfound": int, "kept": int, "errors": int, "requests": int, "refresh_cursor": int,
+            "files_read": int, "models": int, "changes": int, "library_changes": int,
+            "library_matched": int, "baseline": int,
+        },
+        "pk": "id",
+    },
+    "changes": {
+        "columns": {
+            "id": int, "run_id": int, "kind": str, "model_id": int, "version_id": int, "file_id": int,
+            "model_name": str, "version_name": str, "type": str, "base_model": str,
+            "old": str, "new": str, "in_library": int,
+        },
+        "pk": "id",
+        "not_null": {"run_id", "kind", "model_id"},
+        "defaults": {"in_library": 0},
+        "foreign_keys": [("run_id", "update_runs", "id")],
+        "indexes": [["run_id", "in_library"], ["model_id"], ["kind"]],
+    },
     # bookkeeping: one row per dump file read (incremental builds compare size and mtime)
     "_sources": {
         "columns": {"path": str, "size": int, "mtime_ns": int, "kind": str, "model_ids": str,

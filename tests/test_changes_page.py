@@ -16,7 +16,7 @@ import yaml
 
 from mirror import changes_page
 from mirror.build import build_mirror
-from mirror.changes import KINDS, ensure_tables
+from mirror.changes import KINDS
 from matcher.schema import open_library
 from mirror.serve import METADATA_FILE
 from tests.conftest import REPO
@@ -46,7 +46,6 @@ LIBRARY_FILES = [(1, "/loras/detail_slider_v11.safetensors", "/loras"),
 
 def add_updates(db) -> None:
     with sqlite3.connect(db) as conn:
-        ensure_tables(conn)
         conn.executemany(
             "INSERT INTO update_runs (id, started_at, finished_at, new_ids, refreshed, notfound, errors, "
             "requests, changes, library_changes, baseline) VALUES (?,?,?,?,?,?,?,?,?,?,?)", RUNS)
